@@ -1,0 +1,258 @@
+"""Process-level runtime shared by every command: distributed init and DeepSpeed config resolution.
+
+One code path for CPU (gloo) and GPU (NCCL). Launch any of:
+    python dstrain/cli.py distill ...                          # one process, no launcher needed
+    deepspeed dstrain/cli.py distill ...                       # DeepSpeed launcher, one rank per GPU
+    torchrun --nproc_per_node 8 dstrain/cli.py distill ...     # or torchrun / srun (see slurm/)
+On a machine without CUDA, DS_ACCELERATOR=cpu is set before DeepSpeed is imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from dstrain.config import ConfigError, UserError
+
+log = logging.getLogger("dstrain")
+
+# Top-level keys DeepSpeed 0.19 reads. DeepSpeed silently ignores anything else, so a misspelled
+# "zero_optimisation" would quietly train without ZeRO; we refuse unknown keys instead.
+KNOWN_DS_KEYS = {
+    "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer",
+    "scheduler", "communication_data_type", "prescale_gradients", "gradient_predivide_factor",
+    "sparse_gradients", "fp16", "bf16", "bfloat16", "amp", "torch_autocast", "gradient_clipping",
+    "zero_optimization", "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer",
+    "activation_checkpointing", "aio", "flops_profiler", "wall_clock_breakdown", "memory_breakdown",
+    "steps_per_print", "dump_state", "tensorboard", "wandb", "csv_monitor", "comet", "comms_logger",
+    "autotuning", "elasticity", "data_efficiency", "curriculum_learning", "compression_training",
+    "checkpoint", "data_types", "sparse_attention", "pipeline", "eigenvalue", "progressive_layer_drop",
+    "quantize_training", "hybrid_engine", "compile", "nebula", "disable_allgather", "dataloader_drop_last",
+    "seq_parallel_communication_data_type", "use_data_before_expert_parallelism", "timers",
+    "weight_quantization", "zero_allow_comm_data_type_fp32", "graph_harvesting", "use_node_local_storage",
+    "load_universal_checkpoint", "mics_shard_size", "mics_hierarchical_params_gather",
+    "gradient_allreduce_op", "expert_parallel", "managed_gradient_accumulation", "disable_python_gc",
+    "log_level", "tensor_parallel", "zenflow",
+    "comment",  # ours: free text describing the file
+}
+KNOWN_PRECISION_KEYS = {
+    "fp16": {"enabled", "auto_cast", "loss_scale", "initial_scale_power", "loss_scale_window", "hysteresis",
+             "consecutive_hysteresis", "min_loss_scale", "fp16_master_weights_and_grads"},
+    "bf16": {"enabled", "immediate_grad_update", "check_grad_overflow", "bf16_master_weights_and_grads",
+             "bf16_optimizer_states"},
+}
+BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dist:
+    """Where this process sits in the job."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: Any  # torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(timeout_minutes: float = 30.0) -> Dist:
+    """Initialise torch.distributed through DeepSpeed, launched or not.
+
+    Without a launcher (no RANK in the environment) this becomes a world of one, so the same code
+    runs as `python dstrain/cli.py ...`. Backend: NCCL when CUDA is present, else gloo.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "RANK" not in os.environ and "SLURM_PROCID" in os.environ and "WORLD_SIZE" not in os.environ:
+        # `srun python dstrain/cli.py ...` with one task per rank: translate Slurm's variables.
+        os.environ["RANK"] = os.environ["SLURM_PROCID"]
+        os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+        os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    import deepspeed
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    return Dist(rank=rank, local_rank=local_rank, world_size=world, device=device)
+
+
+def load_ds_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a DeepSpeed JSON file and refuse keys DeepSpeed would silently ignore."""
+    path = Path(path)
+    if not path.is_file():
+        shipped = sorted(p.name for p in (Path(__file__).resolve().parent.parent / "ds_configs").glob("*.json"))
+        raise ConfigError(f"--ds_config {path}: no such file. Shipped configs in ds_configs/: {', '.join(shipped)}")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--ds_config {path}: not valid JSON ({e})") from None
+    check_ds_keys(cfg, str(path))
+    return cfg
+
+
+def check_ds_keys(cfg: dict[str, Any], where: str) -> None:
+    def unknown(keys, known, scope):
+        bad = [k for k in keys if k not in known]
+        if bad:
+            hints = []
+            for k in bad:
+                near = difflib.get_close_matches(k, sorted(known), n=1, cutoff=0.6)
+                hints.append(f'"{k}"' + (f' (did you mean "{near[0]}"?)' if near else ""))
+            raise ConfigError(
+                f"--ds_config {where}: unknown {scope} key(s) {', '.join(hints)}. DeepSpeed would silently "
+                f"ignore them; fix the spelling or remove them."
+            )
+
+    unknown(cfg.keys(), KNOWN_DS_KEYS, "top-level")
+    for section, keys in KNOWN_PRECISION_KEYS.items():
+        if isinstance(cfg.get(section), dict):
+            unknown(cfg[section].keys(), keys, f'"{section}"')
+    zero = cfg.get("zero_optimization")
+    if isinstance(zero, dict):
+        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+        try:
+            DeepSpeedZeroConfig(**zero)
+        except Exception as e:  # pydantic ValidationError: names the bad field
+            raise ConfigError(f"--ds_config {where}: bad \"zero_optimization\" section: {e}") from None
+
+
+def derive_batch(
+    micro_batch_size_per_gpu: int | None,
+    grad_accum_steps: int | None,
+    global_batch_size: int | None,
+    world_size: int,
+) -> tuple[int, int, int]:
+    """Fill in the one missing of (micro, accumulation, global) and check global = micro x accum x world.
+
+    Settings left as None are derived; if all three are given they must agree. Returns
+    (micro_batch_size_per_gpu, grad_accum_steps, global_batch_size).
+    """
+    m, a, g = micro_batch_size_per_gpu, grad_accum_steps, global_batch_size
+    for name, v in (("micro_batch_size_per_gpu", m), ("grad_accum_steps", a), ("global_batch_size", g)):
+        if v is not None and v < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {v}")
+    if m is None and a is None:
+        a = 1
+    if g is None:
+        m = m or 1
+        a = a or 1
+        g = m * a * world_size
+    elif m is None:
+        if g % (a * world_size):
+            raise ConfigError(
+                f"--global_batch_size {g} is not divisible by grad_accum_steps {a} x world size {world_size}; "
+                f"choose a global batch that is a multiple of {a * world_size}")
+        m = g // (a * world_size)
+    elif a is None:
+        if g % (m * world_size):
+            raise ConfigError(
+                f"--global_batch_size {g} is not divisible by micro_batch_size_per_gpu {m} x world size "
+                f"{world_size}; choose a multiple of {m * world_size} or change --micro_batch_size_per_gpu")
+        a = g // (m * world_size)
+    if m * a * world_size != g:
+        raise ConfigError(
+            f"batch settings disagree: micro_batch_size_per_gpu {m} x grad_accum_steps {a} x world size "
+            f"{world_size} = {m * a * world_size}, but --global_batch_size is {g}. Drop one of the three "
+            f"settings and it will be derived.")
+    return m, a, g
+
+
+def resolve_ds_config(
+    cfg: dict[str, Any],
+    *,
+    micro_batch_size_per_gpu: int,
+    grad_accum_steps: int,
+    global_batch_size: int,
+    precision: str = "config",
+    device_type: str = "cpu",
+    gradient_clipping: float | None = None,
+) -> tuple[dict[str, Any], str]:
+    """Final DeepSpeed dict: our batch fields, the precision this device can run, clipping.
+
+    `precision` is "config" (use the file's fp16/bf16 section), "fp16", "bf16" or "fp32". fp16 on a
+    CPU becomes bf16 (DeepSpeed's CPU accelerator has no fp16 loss scaler), with a note in the log.
+    Returns (config, precision actually used).
+    """
+    import torch
+
+    cfg = json.loads(json.dumps(cfg))  # deep copy
+    cfg.pop("comment", None)
+    for k, ours in zip(BATCH_KEYS, (global_batch_size, micro_batch_size_per_gpu, grad_accum_steps)):
+        v = cfg.get(k, "auto")
+        if v != "auto" and v != ours:
+            raise ConfigError(
+                f'ds_config sets "{k}": {v} but the run uses {ours}. Batch sizes come from the command line '
+                f'(--micro_batch_size_per_gpu, --grad_accum_steps, --global_batch_size); set "{k}" to "auto" '
+                f"or remove it from the DeepSpeed file.")
+    cfg["train_batch_size"] = global_batch_size
+    cfg["train_micro_batch_size_per_gpu"] = micro_batch_size_per_gpu
+    cfg["gradient_accumulation_steps"] = grad_accum_steps
+    if gradient_clipping is not None:
+        cfg["gradient_clipping"] = gradient_clipping
+
+    if precision == "config":
+        fp16 = bool(cfg.get("fp16", {}).get("enabled", False))
+        bf16 = bool(cfg.get("bf16", {}).get("enabled", False))
+        if fp16 and bf16:
+            raise ConfigError('ds_config enables both "fp16" and "bf16"; enable one of them')
+        precision = "fp16" if fp16 else "bf16" if bf16 else "fp32"
+    if precision not in ("fp16", "bf16", "fp32"):
+        raise ConfigError(f"--precision must be one of config, fp16, bf16, fp32; got {precision!r}")
+    if precision == "fp16" and device_type != "cuda":
+        log.warning("fp16 is not available on %s; using bf16 instead", device_type)
+        precision = "bf16"
+    if precision == "bf16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+        log.warning("this GPU has no bf16; using fp16 with dynamic loss scaling instead")
+        precision = "fp16"
+    fp16_section = dict(cfg.get("fp16", {}))
+    bf16_section = dict(cfg.get("bf16", {}))
+    fp16_section["enabled"] = precision == "fp16"
+    bf16_section["enabled"] = precision == "bf16"
+    cfg["fp16"] = fp16_section
+    cfg["bf16"] = bf16_section
+    return cfg, precision
+
+
+def setup_logging(rank: int) -> None:
+    """INFO logs on rank 0, warnings only on the others, each line tagged with its rank."""
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format=f"%(asctime)s [rank{rank}] %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+
+
+def require_file(path: str | os.PathLike, setting: str, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"--{setting} {p}: no such {what}")
+    return p
