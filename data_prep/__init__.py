@@ -1,0 +1,1 @@
+"""Offline data preparation: text corpora -> WordPiece vocabulary -> tokenized WebDataset shards."""

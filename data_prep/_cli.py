@@ -1,0 +1,41 @@
+"""Run a data_prep command function from the command line (Fire), the way dstrain/cli.py runs its commands:
+flags become kwargs of `fn(**kwargs)`, `--help` lists the config's settings, a UserError prints one line
+(no traceback) and exits 2."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run as `python data_prep/build_shards.py` from anywhere
+    sys.path.insert(0, ROOT)
+
+
+def help_text(fn, prog: str) -> str:
+    lines = [f"python {prog} [--setting VALUE ...]", "", (fn.__doc__ or "").strip(), "",
+             "Settings (defaults < --config FILE.json < flags):"]
+    for f in dataclasses.fields(fn.config_class):
+        default = f.default if f.default is not dataclasses.MISSING else "REQUIRED"
+        lines.append(f"  --{f.name} = {default!r}  {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def main(fn, prog: str, argv: list[str] | None = None) -> None:
+    import fire
+
+    from dstrain.config import UserError
+
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("--help", "-h", "help") for a in argv[:1]) or argv == ["--help"]:
+        print(help_text(fn, prog))
+        return
+    try:
+        def run(**kwargs) -> None:  # Fire would print the returned manifest
+            fn(**kwargs)
+
+        fire.Fire(run, command=argv, name=prog)
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""`benchmark`: size, inference latency/throughput and distillation-step throughput (see run.py)."""

@@ -1,0 +1,118 @@
+"""`benchmark --mode train`: distillation step throughput (tokens/s) and MFU for teacher/student pairs.
+
+    python dstrain/cli.py benchmark --mode train --models bert-base,distilbert --seq_lens 128 \
+        --batch_sizes 32 --precisions bf16 --out_dir runs/tput
+
+The first model is the teacher, each further one a student. For every (student, precision, seq_len,
+micro-batch) the trainer's own measurement, `dstrain.train.throughput.measure_train_throughput`, times
+`steps` optimizer steps of the real distillation step (`dstrain.train.step.micro_step` on a DeepSpeed
+engine, ZeRO-2, after `warmup` untimed steps). MFU = distill_step_flops / step time / peak, with the
+FLOPs of dstrain/benchmark/flops.py and the vocabulary projection counted where the step computes it:
+at every position (`--vocab_positions all`, the default loss) or at the masked 15% only (`masked`,
+the loss with restrict_ce_to_mask).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from dstrain.benchmark import flops as F
+
+log = logging.getLogger("dstrain.benchmark")
+MLM_PROBABILITY = 0.15  # of dstrain.train.throughput.synthetic_batch
+
+
+def _mlm_model(spec, seed: int):
+    """The masked-LM version of a benchmark model spec (random weights unless it is a folder)."""
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    if spec.kind == "folder":
+        return AutoModelForMaskedLM.from_pretrained(spec.source, dtype=torch.float32)
+    torch.manual_seed(seed)
+    return AutoModelForMaskedLM.from_config(spec.config, dtype=torch.float32)
+
+
+def measure_train(cfg, specs, built, device: str, precisions: list[str]) -> list[dict[str, Any]]:
+    """Tokens/s and MFU of distillation steps, teacher = specs[0], students = specs[1:]."""
+    import torch
+
+    from dstrain.train.step import LossSettings
+    from dstrain.train.throughput import measure_train_throughput
+
+    del built  # the inference encoders; training needs the masked-LM versions
+    teacher_spec = specs[0]
+    t_shape = F.EncoderShape.from_hf_config(teacher_spec.config)
+    loss = LossSettings(restrict_ce_to_mask=cfg.vocab_positions == "masked")
+    rows_out = []
+    for prec in precisions:
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[prec]
+        teacher = _mlm_model(teacher_spec, cfg.seed).to(device=device, dtype=dtype).eval().requires_grad_(False)
+        peak = cfg.peak_tflops or (F.peak_tflops(torch.cuda.get_device_name(), prec) if device == "cuda" else None)
+        for spec in specs[1:]:
+            s_shape = F.EncoderShape.from_hf_config(spec.config)
+            for seq in cfg.seq_lens:
+                for b in cfg.batch_sizes:
+                    student = _mlm_model(spec, cfg.seed + 1)
+                    r = measure_train_throughput(teacher, student, micro_batch=b, seq_len=seq, steps=cfg.steps,
+                                                 warmup_steps=cfg.warmup, precision=prec, loss=loss, seed=cfg.seed)
+                    vocab_tokens = b * seq * (MLM_PROBABILITY if loss.restrict_ce_to_mask else 1.0)
+                    fl = F.distill_step_flops(t_shape, s_shape, b, seq, vocab_tokens, vocab_tokens)
+                    row = {"teacher": teacher_spec.name, "student": spec.name, "precision": r["precision"],
+                           "seq_len": seq, "micro_batch_size": b, "steps": cfg.steps, "step_s": r["step_s"],
+                           "tokens_per_s": r["tokens_per_s"], "samples_per_s": r["samples_per_s"],
+                           "flops_per_step": fl, "achieved_tflops": fl / r["step_s"] / 1e12, "peak_tflops": peak,
+                           "mfu": F.mfu(fl, r["step_s"], peak), "vocab_positions": cfg.vocab_positions,
+                           "vocab_tokens": vocab_tokens, "peak_mem_gb": r.get("peak_mem_gb"),
+                           "trainer_mfu": r.get("mfu"), "step_impl": "dstrain.train.throughput.measure_train_throughput"}
+                    log.info("%s -> %s %s seq %d batch %d: %.3f s/step, %.0f tokens/s, %.2f TFLOP/s", row["teacher"],
+                             row["student"], prec, seq, b, row["step_s"], row["tokens_per_s"], row["achieved_tflops"])
+                    rows_out.append(row)
+                    del student
+        del teacher
+    return rows_out
+
+
+def format_train(result: dict[str, Any]) -> str:
+    lines = [f"device {result['machine']['device']}: {result['machine']['gpu_name'] or result['machine']['cpu_model']}"
+             f", {result['machine']['torch_threads']} threads", "",
+             f"{'teacher':<14} {'student':<14} {'prec':<5} {'seq':>4} {'batch':>5} {'s/step':>8} {'tokens/s':>10} "
+             f"{'TFLOP/s':>8} {'MFU':>6}"]
+    for r in result["train"]:
+        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        lines.append(f"{r['teacher']:<14} {r['student']:<14} {r['precision']:<5} {r['seq_len']:>4} "
+                     f"{r['micro_batch_size']:>5} {r['step_s']:>8.3f} {r['tokens_per_s']:>10,.0f} "
+                     f"{r['achieved_tflops']:>8.3f} {mfu:>6}")
+    lines.append("")
+    lines.append("FLOPs per step = teacher forward + 3 x student forward (dstrain/benchmark/flops.py); "
+                 "MFU needs a peak (--peak_tflops, or a known GPU).")
+    return "\n".join(lines)
+
+
+def plot_train(result: dict[str, Any], path: str | os.PathLike) -> None:
+    """PNG: tokens/s (left) and parameters (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["train"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    labels = [f"{r['student']}\n{r['precision']} s{r['seq_len']} b{r['micro_batch_size']}" for r in rows]
+    ax1.bar(range(len(rows)), [r["tokens_per_s"] for r in rows])
+    ax1.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax1.set_ylabel("distillation tokens/s")
+    ax1.set_title(f"teacher {result['reference']}", fontsize=9)
+    names = [m["name"] for m in result["models"]]
+    ax2.bar(range(len(names)), [m["params_total"] / 1e6 for m in result["models"]])
+    ax2.set_xticks(range(len(names)), names)
+    ax2.set_ylabel("millions of parameters")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,213 @@
+"""Atomic, resumable training checkpoints around DeepSpeed's `save_checkpoint` (docs/DESIGN.md contract).
+
+Layout of `RUN/checkpoints/`:
+    step-00001000/                 DeepSpeed's files (model + ZeRO optimizer partitions + scheduler)
+        dstrain_rank000.pt ...     per rank: RNG states (python, numpy, torch, cuda) and data position
+        dstrain_state.json         step, world size, config hash, teacher and tokenizer fingerprints
+        COMPLETE                   written last: JSON {step, files: {relative path: size in bytes}}
+    latest                         the newest complete tag, replaced atomically after COMPLETE
+    diverged-step-00001234/        a run stopped for NaN / stuck loss scale: saved for inspection,
+                                   never named by `latest`, never resumed from, never rotated away
+
+A checkpoint counts only if COMPLETE exists and every file it lists is present with its size, so a
+crash (or kill) mid-save, a truncated file or a deleted file is never taken for a good checkpoint: the
+loader logs why it skipped it and falls back to the previous complete one. Keep-last-K deletes old
+checkpoints marker first (a half-deleted one is then just incomplete); a failed deletion is logged,
+not fatal. All ranks call `save`; rank 0 alone writes the shared files. Assumes a shared filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dstrain.config import UserError, atomic_write_json, atomic_write_text
+
+log = logging.getLogger("dstrain")
+
+TAG_RE = re.compile(r"^step-(\d{8})$")
+MARKER = "COMPLETE"
+STATE = "dstrain_state.json"
+
+
+def step_tag(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step draws from (dropout, masking, shuffling)."""
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda"])
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _broadcast(obj: Any) -> Any:
+    """rank 0's `obj` on every rank (the resume decision must be the same everywhere)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
+
+
+def _files(d: Path) -> dict[str, int]:
+    return {str(p.relative_to(d)): p.stat().st_size for p in sorted(d.rglob("*")) if p.is_file() and p.name != MARKER}
+
+
+def verify(d: Path) -> str | None:
+    """None if `d` is a complete checkpoint, else why not (for the log)."""
+    marker = d / MARKER
+    if not marker.is_file():
+        return "no COMPLETE marker (the save did not finish)"
+    try:
+        listed = json.loads(marker.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return "COMPLETE marker is unreadable"
+    for rel, size in listed.items():
+        p = d / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        if p.stat().st_size != size:
+            return f"{rel} has {p.stat().st_size} bytes, {size} expected (truncated?)"
+    return None
+
+
+class Checkpointer:
+    """Save / find / load checkpoints of one run. Create on every rank with the same arguments."""
+
+    def __init__(self, run_dir: str | os.PathLike, keep_last: int, rank: int, world_size: int):
+        self.root = Path(run_dir) / "checkpoints"
+        self.keep_last = keep_last
+        self.rank = rank
+        self.world_size = world_size
+
+    # ------------------------------------------------------------------ save
+    def save(self, engine: Any, step: int, meta: dict[str, Any], rank_state: dict[str, Any],
+             tag: str | None = None, update_latest: bool = True) -> Path:
+        """Collective: every rank calls it at the same step. Returns the checkpoint folder."""
+        tag = tag or step_tag(step)
+        d = self.root / tag
+        if self.rank == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if d.exists():  # an earlier attempt at this step (crashed mid-save, or a re-run): start clean
+                (d / MARKER).unlink(missing_ok=True)
+                shutil.rmtree(d, ignore_errors=True)
+        _barrier()
+        engine.save_checkpoint(str(self.root), tag=tag, save_latest=False)
+        tmp = d / f"dstrain_rank{self.rank:03d}.pt.tmp"
+        torch.save(rank_state, tmp)
+        os.replace(tmp, d / f"dstrain_rank{self.rank:03d}.pt")
+        _barrier()
+        if self.rank == 0:
+            atomic_write_json(d / STATE, {**meta, "step": step, "world_size": self.world_size, "tag": tag})
+            for p in d.glob("*.tmp-*"):
+                p.unlink(missing_ok=True)
+            atomic_write_json(d / MARKER, {"step": step, "files": _files(d)})
+            if update_latest:
+                atomic_write_text(self.root / "latest", tag)
+                self._rotate()
+        _barrier()
+        return d
+
+    def _rotate(self) -> None:
+        """Keep the newest `keep_last` complete checkpoints; drop older ones and older partial ones."""
+        if self.keep_last <= 0:
+            return
+        tags = sorted(p.name for p in self.root.iterdir() if TAG_RE.match(p.name))
+        complete = [t for t in tags if (self.root / t / MARKER).is_file()]
+        keep = set(complete[-self.keep_last:])
+        newest = complete[-1] if complete else None
+        for t in tags:
+            if t in keep or (newest is not None and t > newest):
+                continue
+            d = self.root / t
+            try:
+                (d / MARKER).unlink(missing_ok=True)  # first, so a half-deleted folder is just incomplete
+                shutil.rmtree(d)
+                log.info("deleted old checkpoint %s (keeping the last %d)", d, self.keep_last)
+            except OSError as e:
+                log.warning("could not delete old checkpoint %s (%s); continuing, delete it by hand", d, e)
+
+    # ------------------------------------------------------------------ find / load
+    def find_resume(self) -> str | None:
+        """Tag of the newest verified complete checkpoint (decided on rank 0, same on all ranks)."""
+        return _broadcast(self._find_resume_local() if self.rank == 0 else None)
+
+    def _find_resume_local(self) -> str | None:
+        if not self.root.is_dir():
+            return None
+        tags = sorted((p.name for p in self.root.iterdir() if TAG_RE.match(p.name)), reverse=True)
+        latest_file = self.root / "latest"
+        latest = latest_file.read_text().strip() if latest_file.is_file() else None
+        chosen = None
+        for t in tags:
+            why = verify(self.root / t)
+            if why is None:
+                chosen = t
+                break
+            log.warning("checkpoint %s is not usable: %s; trying the previous one", self.root / t, why)
+        if latest is not None and chosen is not None and latest != chosen:
+            log.warning("checkpoints/latest names %r but the newest complete checkpoint is %s; using %s",
+                        latest[:80], chosen, chosen)
+        if chosen is None and tags:
+            raise UserError(
+                f"{self.root}: found {len(tags)} checkpoint folder(s) ({', '.join(sorted(tags)[-3:])}) but none is "
+                f"complete; refusing to silently start over. Delete {self.root} (or use a new --out_dir) to start "
+                f"from scratch.")
+        return chosen
+
+    def has_any(self) -> bool:
+        return self.root.is_dir() and any(TAG_RE.match(p.name) for p in self.root.iterdir())
+
+    def load(self, engine: Any, tag: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Load engine state (weights, optimizer, scheduler) and return (meta, this rank's state)."""
+        d = self.root / tag
+        meta = json.loads((d / STATE).read_text())
+        if meta["world_size"] != self.world_size:
+            raise UserError(
+                f"{d} was saved by {meta['world_size']} ranks but this run has {self.world_size}. Resume with "
+                f"{meta['world_size']} ranks, or convert it to a universal checkpoint (python -m "
+                f"deepspeed.checkpoint.ds_to_universal --input_folder {d} --output_folder {d}_universal) and start "
+                f"a new run from those weights; the data position is per rank and cannot be remapped.")
+        path, _ = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
+                                         load_lr_scheduler_states=True)
+        if path is None:
+            raise UserError(f"DeepSpeed could not load checkpoint {d}; delete it to fall back to the previous one")
+        rank_state = torch.load(d / f"dstrain_rank{self.rank:03d}.pt", weights_only=False)
+        return meta, rank_state
+
+
+def check_resume_compatible(meta: dict[str, Any], current: dict[str, Any], where: str) -> None:
+    """Refuse to resume with another teacher or tokenizer; warn about other changed settings."""
+    for key, flag in (("teacher_fingerprint", "--teacher"), ("tokenizer_fingerprint", "--data (its tokenizer)")):
+        if meta.get(key) != current.get(key):
+            raise UserError(
+                f"{where} was trained with a different {key.split('_')[0]} ({meta.get(key)} vs now "
+                f"{current.get(key)}). Resume with the same {flag}, or start a new --out_dir.")
+    if meta.get("config_hash") != current.get("config_hash"):
+        old, new = meta.get("config", {}), current.get("config", {})
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        log.warning("resuming %s with changed settings: %s", where, ", ".join(changed) or "(unknown)")

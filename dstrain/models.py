@@ -1,0 +1,317 @@
+"""Teacher loading, student construction and initialisation, and MLM heads run on selected rows only.
+
+    python dstrain/cli.py init_student --teacher bert-base-uncased --out_dir students/d6
+    python dstrain/cli.py init_student --teacher runs/teacher/student --out_dir s --layer_map reference
+
+Student layout (PAPER.md): same hidden size and heads as the teacher, half the layers, no token-type
+embeddings, no pooler.
+- BERT teacher -> Hugging Face `DistilBertForMaskedLM` (the layout of `distilbert-base-uncased`).
+- RoBERTa-family teacher (roberta, xlm-roberta, camembert) -> the same class with half the layers.
+Initialisation from the teacher (default; `--student_init random` is the paper's ablation):
+embeddings, the MLM head (transform, LayerNorm, decoder tied to the word embeddings, bias) and one
+teacher layer per student layer by a layer map:
+- `even` (default): teacher layers 0, 2, 4, ... (the author reports even layers worked better);
+- `reference`: evenly spread over the depth, first and last included; for 12 -> 6 this is
+  [0, 2, 4, 7, 9, 11], the map of the reference `extract_distilbert.py`;
+- or an explicit list such as `0,3,6,9,10,11`.
+A BERT teacher adds token-type embedding 0 to every token; DistilBERT has no token types, so that row
+is folded into the position embeddings (the reference dropped it). The student therefore computes
+exactly what the teacher's mapped layers compute: a student with every layer mapped reproduces the
+teacher's logits (tests/train/test_models.py checks this).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from dstrain.config import UserError, build_config, opt, require
+
+log = logging.getLogger("dstrain")
+
+ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
+
+
+# ----------------------------------------------------------------------------------------- teacher
+def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device: Any = "cpu") -> nn.Module:
+    """`AutoModelForMaskedLM` frozen for distillation: eval mode (no dropout), no grad, `dtype`, on `device`.
+
+    The teacher is never given to DeepSpeed: it stays a plain module, replicated on every rank, so no
+    ZeRO stage partitions, hooks or gives optimizer state to it.
+    """
+    from transformers import AutoModelForMaskedLM
+
+    try:
+        teacher = AutoModelForMaskedLM.from_pretrained(name_or_path, dtype=dtype)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(
+            f"--teacher {name_or_path}: cannot load a masked-LM from it ({str(e).splitlines()[0]}). Pass a folder "
+            f"written by save_pretrained (config.json + weights) or a model name already in the Hugging Face "
+            f"cache (HF_HUB_OFFLINE is {os.environ.get('HF_HUB_OFFLINE', 'unset')}).") from None
+    teacher.to(device)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def teacher_fingerprint(teacher: nn.Module) -> str:
+    """Hash of the teacher's config and a sample of its weights: resuming with another teacher is refused."""
+    h = hashlib.sha256(json.dumps(teacher.config.to_dict(), sort_keys=True, default=str).encode())
+    emb = teacher.get_input_embeddings().weight
+    h.update(emb.detach().float()[:8].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------- student
+def parse_layer_map(layer_map: str, teacher_layers: int, student_layers: int) -> list[int]:
+    """Teacher layer index for each student layer. See the module docstring for the named maps."""
+    if layer_map == "even":
+        out = [2 * i for i in range(student_layers)]
+    elif layer_map == "reference":
+        if student_layers == 1:
+            out = [teacher_layers - 1]
+        else:
+            # round(linspace(0, L-1, n)) with round-half-up: 12 -> 6 gives [0, 2, 4, 7, 9, 11]
+            out = [int((i * (teacher_layers - 1)) / (student_layers - 1) + 0.5) for i in range(student_layers)]
+    else:
+        try:
+            out = [int(x) for x in str(layer_map).replace(" ", "").split(",") if x != ""]
+        except ValueError:
+            raise UserError(f"--layer_map {layer_map!r}: use even, reference or a comma list of teacher layers") from None
+        if len(out) != student_layers:
+            raise UserError(f"--layer_map {layer_map!r} names {len(out)} layers but the student has {student_layers} "
+                            f"(--student_layers); give one teacher layer per student layer")
+    bad = [i for i in out if not 0 <= i < teacher_layers]
+    if bad:
+        raise UserError(f"--layer_map {layer_map!r}: teacher layer(s) {bad} do not exist; the teacher has "
+                        f"{teacher_layers} layers (0..{teacher_layers - 1}). Use fewer --student_layers or another map")
+    return out
+
+
+def student_config_from_teacher(tcfg: Any, student_layers: int | None = None):
+    """Config of the student: DistilBERT for BERT teachers, same class with fewer layers for RoBERTa."""
+    from transformers import DistilBertConfig
+
+    n = student_layers or max(1, tcfg.num_hidden_layers // 2)
+    if tcfg.model_type == "bert":
+        act = tcfg.hidden_act if isinstance(tcfg.hidden_act, str) else "gelu"
+        return DistilBertConfig(
+            vocab_size=tcfg.vocab_size, max_position_embeddings=tcfg.max_position_embeddings,
+            sinusoidal_pos_embds=False, n_layers=n, n_heads=tcfg.num_attention_heads, dim=tcfg.hidden_size,
+            hidden_dim=tcfg.intermediate_size, dropout=tcfg.hidden_dropout_prob,
+            attention_dropout=tcfg.attention_probs_dropout_prob, activation=act,
+            initializer_range=tcfg.initializer_range, pad_token_id=tcfg.pad_token_id,
+            tie_word_embeddings=True)
+    if tcfg.model_type in ROBERTA_TYPES:
+        scfg = tcfg.__class__.from_dict(tcfg.to_dict())
+        scfg.num_hidden_layers = n
+        return scfg
+    raise UserError(f"--teacher: model type {tcfg.model_type!r} is not supported; dstrain distils BERT teachers "
+                    f"into DistilBERT and RoBERTa-family teachers ({', '.join(ROBERTA_TYPES)}) into shallower RoBERTas")
+
+
+def _bert_to_distilbert_state(t: dict[str, torch.Tensor], layer_map: list[int]) -> dict[str, torch.Tensor]:
+    s = {
+        "distilbert.embeddings.word_embeddings.weight": t["bert.embeddings.word_embeddings.weight"],
+        # every BERT token gets token-type 0 added; DistilBERT has no token types, so fold that row in
+        "distilbert.embeddings.position_embeddings.weight":
+            t["bert.embeddings.position_embeddings.weight"] + t["bert.embeddings.token_type_embeddings.weight"][0],
+        "distilbert.embeddings.LayerNorm.weight": t["bert.embeddings.LayerNorm.weight"],
+        "distilbert.embeddings.LayerNorm.bias": t["bert.embeddings.LayerNorm.bias"],
+        "vocab_transform.weight": t["cls.predictions.transform.dense.weight"],
+        "vocab_transform.bias": t["cls.predictions.transform.dense.bias"],
+        "vocab_layer_norm.weight": t["cls.predictions.transform.LayerNorm.weight"],
+        "vocab_layer_norm.bias": t["cls.predictions.transform.LayerNorm.bias"],
+        "vocab_projector.weight": t["cls.predictions.decoder.weight"],
+        "vocab_projector.bias": t.get("cls.predictions.bias", t.get("cls.predictions.decoder.bias")),
+    }
+    names = {"attention.q_lin": "attention.self.query", "attention.k_lin": "attention.self.key",
+             "attention.v_lin": "attention.self.value", "attention.out_lin": "attention.output.dense",
+             "sa_layer_norm": "attention.output.LayerNorm", "ffn.lin1": "intermediate.dense",
+             "ffn.lin2": "output.dense", "output_layer_norm": "output.LayerNorm"}
+    for si, ti in enumerate(layer_map):
+        for sname, tname in names.items():
+            for p in ("weight", "bias"):
+                s[f"distilbert.transformer.layer.{si}.{sname}.{p}"] = t[f"bert.encoder.layer.{ti}.{tname}.{p}"]
+    return s
+
+
+def _same_class_state(t: dict[str, torch.Tensor], layer_map: list[int]) -> dict[str, torch.Tensor]:
+    s = {}
+    for k, v in t.items():
+        parts = k.split(".")
+        if "layer" in parts and "encoder" in parts:
+            i = parts.index("layer") + 1
+            ti = int(parts[i])
+            for si, mapped in enumerate(layer_map):
+                if mapped == ti:
+                    s[".".join(parts[:i] + [str(si)] + parts[i + 1:])] = v
+        else:
+            s[k] = v
+    return s
+
+
+def build_student(teacher: nn.Module | None, teacher_config: Any, student_layers: int | None, layer_map: str,
+                  init: str, seed: int) -> tuple[nn.Module, list[int] | None]:
+    """Student model (fp32, train mode) and the layer map used (None for random init)."""
+    from transformers import AutoModelForMaskedLM
+
+    scfg = student_config_from_teacher(teacher_config, student_layers)
+    n = scfg.n_layers if scfg.model_type == "distilbert" else scfg.num_hidden_layers
+    torch.manual_seed(seed)  # random parts (and the random-init ablation) depend on --seed only
+    student = AutoModelForMaskedLM.from_config(scfg)
+    if init == "random":
+        return student, None
+    if init != "teacher":
+        raise UserError(f"--student_init {init!r}: use teacher (copy mapped layers) or random (ablation)")
+    lmap = parse_layer_map(layer_map, teacher_config.num_hidden_layers, n)
+    t = {k: v.detach().float().cpu() for k, v in teacher.state_dict().items()}
+    s = _bert_to_distilbert_state(t, lmap) if teacher_config.model_type == "bert" else _same_class_state(t, lmap)
+    missing, unexpected = student.load_state_dict(s, strict=False)
+    # position_ids-like buffers and the tied decoder weight may be absent from the mapped dict
+    missing = [k for k in missing if not k.endswith("position_ids") and k not in _tied_keys(student)]
+    if missing or unexpected:
+        raise RuntimeError(f"student init from teacher: missing {missing}, unexpected {unexpected}")
+    return student, lmap
+
+
+def _tied_keys(model: nn.Module) -> set[str]:
+    out = model.get_output_embeddings()
+    keys = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if out is not None and p is out.weight:
+            keys.add(name)
+    return keys | {"vocab_projector.weight", "lm_head.decoder.weight", "cls.predictions.decoder.weight"}
+
+
+def build_bert(vocab_size: int, pad_token_id: int, num_layers: int, hidden_size: int, num_heads: int,
+               intermediate_size: int, max_position_embeddings: int, seed: int) -> nn.Module:
+    """A randomly initialised BertForMaskedLM (the `pretrain` model) sized by the arguments."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+                     num_attention_heads=num_heads, intermediate_size=intermediate_size,
+                     max_position_embeddings=max_position_embeddings, pad_token_id=pad_token_id, type_vocab_size=2)
+    return BertForMaskedLM(cfg)
+
+
+# ------------------------------------------------------------------- heads on selected rows only
+def split_base_and_head(model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None:
+    """(encoder returning last_hidden_state, head mapping (N, H) -> (N, V)), or None if unknown."""
+    mt = model.config.model_type
+    if mt == "bert":
+        return model.bert, model.cls
+    if mt == "distilbert":
+        return model.distilbert, lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
+    if mt in ROBERTA_TYPES:
+        return model.roberta, model.lm_head
+    return None
+
+
+def mlm_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last hidden states and MLM logits at the selected rows only.
+
+    input_ids, attention_mask: (B, L); rows: (B, L) bool. Returns hidden (N, H) and logits (N, V),
+    N = rows.sum(). The vocabulary projection, the largest tensor of the step, is applied to the N
+    rows only instead of all B*L positions.
+    """
+    parts = split_base_and_head(model)
+    if parts is None:  # unknown architecture: full forward, then select
+        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return out.hidden_states[-1][rows], out.logits[rows]
+    base, head = parts
+    hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
+    h = hidden[rows]  # (N, H)
+    return h, head(h)
+
+
+class StudentForDistill(nn.Module):
+    """What DeepSpeed wraps: the student plus the row selection, so ZeRO-3's hooks see every call."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, rows):
+        return mlm_forward(self.model, input_ids, attention_mask, rows)
+
+
+# ----------------------------------------------------------------------------------------- command
+@dataclasses.dataclass
+class InitStudentConfig:
+    """Write a student initialised from a teacher, without training, to inspect it."""
+
+    teacher: str = opt(None, "teacher: a save_pretrained folder or a cached Hugging Face name (BERT or RoBERTa family)")
+    out_dir: str = opt(None, "folder to write the student to (config, safetensors, tokenizer)")
+    student_layers: int = opt(0, "student depth; 0 = half the teacher's layers")
+    layer_map: str = opt("even", "teacher layers copied into the student: even, reference ([0,2,4,7,9,11] for 12->6) or a list")
+    student_init: str = opt("teacher", "teacher (copy mapped layers, embeddings, MLM head) or random (ablation)")
+    seed: int = opt(0, "seed for the random parts")
+    overwrite: bool = opt(False, "replace an existing --out_dir")
+
+    def validate(self) -> None:
+        require(bool(self.teacher), "teacher", "is required: a folder written by save_pretrained or a model name")
+        require(bool(self.out_dir), "out_dir", "is required: where to write the student")
+        require(self.student_layers >= 0, "student_layers", "must be >= 0 (0 = half the teacher)")
+        require(self.student_init in ("teacher", "random"), "student_init", "must be teacher or random")
+
+
+def save_hf_model(model: nn.Module, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None,
+                  state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """save_pretrained (safetensors) + tokenizer into `out_dir`, written to a temp folder then renamed."""
+    import shutil
+
+    out = Path(out_dir)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+    if tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def init_student(**kwargs) -> str:
+    """Build a student from --teacher (half its layers, mapped layers copied) and save it to --out_dir."""
+    cfg = build_config(InitStudentConfig, kwargs, "init_student")
+    out = Path(cfg.out_dir)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise UserError(f"--out_dir {out}: exists and is not empty; choose a new folder or pass --overwrite true")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    teacher = load_teacher(cfg.teacher)
+    student, lmap = build_student(teacher, teacher.config, cfg.student_layers or None, cfg.layer_map,
+                                  cfg.student_init, cfg.seed)
+    tok_dir = cfg.teacher if (Path(cfg.teacher) / "tokenizer_config.json").is_file() else None
+    if tok_dir is None:
+        try:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(cfg.teacher)
+            tok_dir = cfg.teacher
+        except (OSError, ValueError):
+            log.warning("--teacher %s has no tokenizer; the student folder will have none", cfg.teacher)
+    save_hf_model(student, out, tok_dir)
+    n_s = sum(p.numel() for p in student.parameters())
+    n_t = sum(p.numel() for p in teacher.parameters())
+    info = {"teacher": cfg.teacher, "layer_map": lmap, "student_init": cfg.student_init,
+            "student_params": n_s, "teacher_params": n_t}
+    (out / "dstrain_init.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"student {student.config.model_type} with {n_s / 1e6:.2f}M parameters "
+          f"({100 * n_s / n_t:.0f}% of the teacher), layer map {lmap}, written to {out}")
+    return str(out)
+
+
+init_student.config_class = InitStudentConfig

@@ -1,0 +1,671 @@
+"""`distill` and `pretrain`: the DeepSpeed trainer (one code path for CPU/gloo and GPU/NCCL).
+
+    # 8 GPUs, the paper's recipe (global batch 4,000 sequences = 10 x 50 x 8):
+    deepspeed dstrain/cli.py distill --teacher bert-base-uncased --data shards/ --out_dir runs/d1 \
+        --ds_config ds_configs/zero2_fp16.json --micro_batch_size_per_gpu 10 --grad_accum_steps 50 \
+        --max_steps 30000
+    # one process, CPU, tiny: python dstrain/cli.py distill --teacher T --data S --out_dir R \
+    #     --ds_config ds_configs/cpu_zero2.json --max_steps 20
+    # a teacher from scratch (MLM only; also the paper's "no distillation" baseline):
+    deepspeed dstrain/cli.py pretrain --data shards/ --out_dir runs/t --num_layers 4 --hidden_size 256 ...
+
+Placement: the student is the only module DeepSpeed sees (ZeRO 2 or 3 shards its optimizer state,
+gradients and, at stage 3, weights). The teacher is *replicated*: a plain frozen module on every
+rank (eval mode, no grad, fp16/bf16 on GPU, no optimizer state), outside the engine, so ZeRO-3 never
+partitions or hooks it (the crash of DeepSpeed#3175). A BERT-base teacher is 220 MB in fp16.
+
+Step: for each of grad_accum_steps micro-batches: teacher forward under no_grad -> student forward ->
+triple loss -> engine.backward (DeepSpeed divides by the accumulation steps) -> engine.step (updates
+at the boundary; on an fp16 overflow or non-finite gradient it skips the update and does not advance
+the LR schedule). Then one all-reduce of the step's metrics together with the preemption flag, so all
+ranks agree to stop at the same step boundary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dstrain.config import UserError, atomic_write_json, atomic_write_text, build_config, config_to_dict, opt, require
+
+log = logging.getLogger("dstrain")
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+# ------------------------------------------------------------------------------------------ config
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings shared by `distill` and `pretrain`."""
+
+    data: str = opt(None, "shards folder written by data_prep/build_shards.py (manifest.json, train-*.tar, tokenizer/)")
+    out_dir: str = opt(None, "run folder: config.json, tb/, checkpoints/, student/, metrics.json")
+    ds_config: str = opt("ds_configs/zero2_fp16.json", "DeepSpeed JSON (ZeRO stage, precision); batch fields come from the flags below")
+    precision: str = opt("config", "config (use the DeepSpeed file), fp16, bf16 or fp32; fp16 becomes bf16 on CPU")
+    max_steps: int = opt(1000, "optimizer steps (each = grad_accum_steps micro-batches per rank)")
+    seed: int = opt(42, "seed for init, dropout, shuffling and masking")
+    micro_batch_size_per_gpu: int | None = opt(None, "sequences per rank per micro-step (derived if omitted)")
+    grad_accum_steps: int | None = opt(None, "micro-steps per optimizer step (derived if omitted)")
+    global_batch_size: int | None = opt(None, "sequences per optimizer step = micro x accumulation x world size")
+    lr: float = opt(5e-4, "peak learning rate (paper: 5e-4)")
+    warmup_frac: float = opt(0.05, "linear warmup over this fraction of max_steps, then linear decay to 0")
+    adam_beta1: float = opt(0.9, "AdamW beta1")
+    adam_beta2: float = opt(0.98, "AdamW beta2 (paper: 0.98)")
+    adam_eps: float = opt(1e-6, "AdamW epsilon (paper: 1e-6)")
+    weight_decay: float = opt(0.0, "AdamW weight decay (paper: 0); never applied to biases and LayerNorm")
+    grad_clip: float = opt(5.0, "clip the global gradient norm to this (paper: 5.0); 0 = off")
+    mlm_probability: float = opt(0.15, "fraction of real tokens selected for the MLM loss")
+    mlm_smoothing: float = opt(0.7, "mask rare tokens more: weight = count^-smoothing (paper 0.7; 0 = uniform)")
+    num_workers: int = opt(0, "DataLoader worker processes per rank")
+    strict_data: bool = opt(True, "stop on a bad shard (true) or skip and count it (false)")
+    log_every: int = opt(10, "TensorBoard scalars every N steps")
+    eval_every: int = opt(500, "held-out MLM loss/accuracy of the student every N steps (0 = only at the end)")
+    eval_batches: int = opt(50, "micro-batches per rank in each held-out evaluation")
+    save_every: int = opt(1000, "checkpoint every N steps (and always at the end); 0 = only at the end")
+    keep_last: int = opt(3, "complete checkpoints to keep (older ones are deleted)")
+    resume: str = opt("auto", "auto: continue from the newest complete checkpoint if any; true: must; false: never")
+    max_bad_steps: int = opt(20, "stop after this many consecutive steps with a non-finite loss or a skip at the minimum fp16 loss scale")
+    progress: bool = opt(True, "tqdm progress bar on rank 0")
+
+    def validate(self) -> None:
+        require(bool(self.data), "data", "is required: a shards folder from data_prep/build_shards.py")
+        require(bool(self.out_dir), "out_dir", "is required: the run folder")
+        require(self.max_steps >= 1, "max_steps", "must be >= 1")
+        require(self.lr > 0, "lr", "must be > 0")
+        require(0.0 <= self.warmup_frac < 1.0, "warmup_frac", "must be in [0, 1)")
+        require(0.0 <= self.adam_beta1 < 1.0 and 0.0 <= self.adam_beta2 < 1.0, "adam_beta1", "betas must be in [0, 1)")
+        require(self.adam_eps > 0, "adam_eps", "must be > 0")
+        require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)")
+        require(0.0 < self.mlm_probability <= 1.0, "mlm_probability", "must be in (0, 1]")
+        require(self.mlm_smoothing >= 0, "mlm_smoothing", "must be >= 0")
+        require(self.num_workers >= 0, "num_workers", "must be >= 0")
+        require(self.log_every >= 1, "log_every", "must be >= 1")
+        require(self.eval_every >= 0 and self.eval_batches >= 1, "eval_every", "eval_every >= 0 and eval_batches >= 1")
+        require(self.save_every >= 0, "save_every", "must be >= 0")
+        require(self.keep_last >= 1, "keep_last", "must be >= 1 (the newest checkpoint is always kept)")
+        require(self.resume in ("auto", "true", "false"), "resume", "must be auto, true or false")
+        require(self.max_bad_steps >= 1, "max_bad_steps", "must be >= 1")
+        require(self.precision in ("config", "fp16", "bf16", "fp32"), "precision", "must be config, fp16, bf16 or fp32")
+
+
+@dataclasses.dataclass
+class DistillConfig(TrainConfig):
+    """`distill`: a student from --teacher trained with the triple loss."""
+
+    teacher: str = opt(None, "teacher masked-LM: save_pretrained folder or cached HF name (BERT or RoBERTa family)")
+    student_layers: int = opt(0, "student depth; 0 = half the teacher's layers")
+    layer_map: str = opt("even", "teacher layers copied into the student: even, reference ([0,2,4,7,9,11] for 12->6) or a list")
+    student_init: str = opt("teacher", "teacher (copy embeddings, MLM head, mapped layers) or random (ablation)")
+    alpha_ce: float = opt(5.0, "weight of the KL(teacher || student) term at temperature T")
+    alpha_mlm: float = opt(2.0, "weight of the student's MLM cross-entropy")
+    alpha_cos: float = opt(1.0, "weight of the cosine loss between last hidden states")
+    temperature: float = opt(2.0, "softmax temperature T of the KL term (scaled by T^2)")
+    restrict_ce_to_mask: bool = opt(False, "KL on the masked positions only (default: every non-pad token)")
+
+    def validate(self) -> None:
+        super().validate()
+        require(bool(self.teacher), "teacher", "is required: a folder written by save_pretrained or a model name")
+        require(self.temperature > 0, "temperature", "must be > 0")
+        for a in ("alpha_ce", "alpha_mlm", "alpha_cos"):
+            require(getattr(self, a) >= 0, a, "must be >= 0")
+        require(self.alpha_ce + self.alpha_mlm + self.alpha_cos > 0, "alpha_ce",
+                "every loss weight is 0; set at least one of --alpha_ce, --alpha_mlm, --alpha_cos > 0")
+        require(self.student_init in ("teacher", "random"), "student_init", "must be teacher or random")
+        require(self.student_layers >= 0, "student_layers", "must be >= 0 (0 = half the teacher)")
+
+
+@dataclasses.dataclass
+class PretrainConfig(TrainConfig):
+    """`pretrain`: a BertForMaskedLM from scratch on the shards' tokenizer, MLM loss only."""
+
+    num_layers: int = opt(12, "transformer layers")
+    hidden_size: int = opt(768, "hidden size")
+    num_heads: int = opt(12, "attention heads (must divide hidden_size)")
+    intermediate_size: int = opt(3072, "feed-forward size")
+    max_position_embeddings: int = opt(512, "position embeddings (>= the shards' max_seq_len)")
+
+    def validate(self) -> None:
+        super().validate()
+        for f in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "max_position_embeddings"):
+            require(getattr(self, f) >= 1, f, "must be >= 1")
+        require(self.hidden_size % self.num_heads == 0, "num_heads",
+                f"must divide --hidden_size {self.hidden_size}")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def lr_lambda(max_steps: int, warmup_frac: float):
+    """Multiplier of the peak LR at optimizer step s (0-based), W = round(warmup_frac * max_steps):
+        s < W:  (s + 1) / W                  linear warmup, reaching the peak at s = W - 1
+        s >= W: (max_steps - s) / (max_steps - W)   linear decay to 0 at max_steps
+    """
+    w = int(round(warmup_frac * max_steps))
+
+    def f(s: int) -> float:
+        if s < w:
+            return (s + 1) / w
+        return max(0.0, (max_steps - s) / max(1, max_steps - w))
+
+    return f
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no decay on biases and LayerNorm weights (1-D tensors)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _resolve_path(p: str) -> str:
+    """Shipped files (ds_configs/...) work from any working directory."""
+    if not Path(p).exists() and (ROOT / p).exists():
+        return str(ROOT / p)
+    return p
+
+
+def tokenizer_fingerprint(tokenizer_dir: Path) -> str:
+    from transformers import AutoTokenizer
+
+    vocab = AutoTokenizer.from_pretrained(str(tokenizer_dir)).get_vocab()
+    return hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16]
+
+
+def check_teacher_vocab(teacher_name: str, teacher_cfg: Any, shards: Any) -> None:
+    """The teacher must have been trained on the shards' tokenizer: same vocabulary and special ids."""
+    from transformers import AutoTokenizer
+
+    info = shards.tokenizer_info
+    v = int(info["vocab_size"])
+    if teacher_cfg.vocab_size < v:
+        raise UserError(
+            f"--teacher {teacher_name} has a vocabulary of {teacher_cfg.vocab_size} ids but the shards in "
+            f"{shards.data_dir if hasattr(shards, 'data_dir') else 'the --data folder'} use {v}: they were tokenized "
+            f"with another tokenizer. Rebuild the shards with the teacher's tokenizer (data_prep/build_shards.py "
+            f"--tokenizer {teacher_name}) or pick the matching teacher.")
+    try:
+        t_tok = AutoTokenizer.from_pretrained(teacher_name)
+    except (OSError, ValueError, KeyError):
+        t_tok = None
+    if t_tok is None:
+        if teacher_cfg.vocab_size != v:
+            raise UserError(f"--teacher {teacher_name} has no tokenizer and {teacher_cfg.vocab_size} vocabulary ids, "
+                            f"the shards' tokenizer has {v}; save the teacher's tokenizer next to it")
+        log.warning("--teacher %s has no tokenizer files; only the vocabulary size (%d) could be checked", teacher_name, v)
+        return
+    s_tok = AutoTokenizer.from_pretrained(str(shards.tokenizer_dir))
+    tv, sv = t_tok.get_vocab(), s_tok.get_vocab()
+    if tv != sv:
+        diff = sorted(set(tv.items()) ^ set(sv.items()))[:3]
+        raise UserError(
+            f"--teacher {teacher_name}: its tokenizer ({len(tv)} tokens) differs from the one the shards in --data were "
+            f"built with ({shards.tokenizer_dir}, {len(sv)} tokens), e.g. {diff}. Rebuild the shards with the teacher's "
+            f"tokenizer (data_prep/build_shards.py --tokenizer {teacher_name}) or use the teacher that matches.")
+    for key in ("pad_token_id", "mask_token_id", "cls_token_id", "sep_token_id"):
+        if info.get(key) is not None and getattr(t_tok, key, None) is not None and getattr(t_tok, key) != info[key]:
+            raise UserError(f"--teacher {teacher_name}: {key} is {getattr(t_tok, key)} but the shards use {info[key]}; "
+                            f"rebuild the shards with the teacher's tokenizer")
+
+
+class Preemption:
+    """SIGUSR1/SIGTERM set a flag; the loop all-reduces it at the next step boundary."""
+
+    def __init__(self):
+        self.flag = False
+        self.signum = None
+        for s in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(s, self._handler)
+
+    def _handler(self, signum, frame):
+        self.flag = True
+        self.signum = signum
+
+
+def _to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")}
+
+
+def _config_hash(d: dict[str, Any]) -> str:
+    volatile = {"max_steps", "resume", "save_every", "keep_last", "log_every", "eval_every", "eval_batches",
+                "progress", "num_workers", "out_dir", "max_bad_steps"}
+    return hashlib.sha256(json.dumps({k: v for k, v in d.items() if k not in volatile}, sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
+
+
+def _export_state_dict(engine, ckpt_root: Path, tag: str) -> dict[str, torch.Tensor]:
+    """fp32 weights of the student (rank 0): from the ZeRO partitions of the final checkpoint."""
+    if engine.zero_optimization_stage() >= 1:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_root), tag=tag)
+    else:
+        sd = {k: v.float() for k, v in engine.module.state_dict().items()}
+    return {k[len("model."):] if k.startswith("model.") else k: v for k, v in sd.items()}
+
+
+# ------------------------------------------------------------------------------------------ trainer
+class Trainer:
+    """State of one run. `run()` trains to max_steps or until preempted / diverged."""
+
+    def __init__(self, cfg: TrainConfig, mode: str):
+        self.cfg, self.mode = cfg, mode
+        self.out = Path(cfg.out_dir)
+
+    # -------------------------------------------------------------- checks (before any process group or output)
+    def prepare(self) -> None:
+        """Every input check a user can fail: DeepSpeed file, batch arithmetic, shards, teacher, vocabulary,
+        resume. Runs before the process group is created, so a bad flag costs seconds and writes nothing."""
+        from dstrain.checkpoint import Checkpointer
+        from dstrain.data import ShardSet
+        from dstrain.models import build_bert, build_student, load_teacher, teacher_fingerprint
+        from dstrain.runtime import derive_batch, load_ds_config, resolve_ds_config
+        from dstrain.train.step import PRETRAIN_LOSS, LossSettings
+
+        cfg = self.cfg
+        world, rank = _world_from_env()
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        ds_file = load_ds_config(_resolve_path(cfg.ds_config))
+        m, a, g = derive_batch(cfg.micro_batch_size_per_gpu, cfg.grad_accum_steps, cfg.global_batch_size, world)
+        self.ds_cfg, self.precision = resolve_ds_config(
+            ds_file, micro_batch_size_per_gpu=m, grad_accum_steps=a, global_batch_size=g, precision=cfg.precision,
+            device_type=device_type, gradient_clipping=cfg.grad_clip)
+        self.micro, self.accum, self.global_batch = m, a, g
+        # a torch AdamW handed to ZeRO: DeepSpeed calls this "untested" but it is the plain optimizer
+        self.ds_cfg["zero_allow_untested_optimizer"] = True
+        self.ds_cfg.setdefault("steps_per_print", 10**9)  # our own logging; DeepSpeed's would interleave
+        if self.precision == "bf16":
+            self.ds_cfg["bf16"].setdefault("check_grad_overflow", True)  # skip, don't apply, NaN/inf gradients
+
+        self.shards = ShardSet.open(cfg.data, "train", strict=cfg.strict_data)
+        self.val_shards = ShardSet.open(cfg.data, "val", strict=cfg.strict_data)
+        info = self.shards.tokenizer_info
+        self.tok_fp = tokenizer_fingerprint(self.shards.tokenizer_dir)
+
+        half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if device_type == "cuda" else torch.device("cpu")
+        if self.mode == "distill":
+            # fp32 on CPU: half-precision matmuls there are emulated and slow
+            self.teacher = load_teacher(cfg.teacher, dtype=half if device_type == "cuda" else torch.float32,
+                                        device=device)
+            check_teacher_vocab(cfg.teacher, self.teacher.config, self.shards)
+            need_pos = self.shards.max_seq_len
+            if self.teacher.config.max_position_embeddings < need_pos:
+                raise UserError(f"--teacher {cfg.teacher} has {self.teacher.config.max_position_embeddings} positions "
+                                f"but the shards hold sequences of up to {need_pos} tokens; rebuild the shards with "
+                                f"--max_seq_len {self.teacher.config.max_position_embeddings}")
+            student, self.layer_map = build_student(self.teacher, self.teacher.config, cfg.student_layers or None,
+                                                    cfg.layer_map, cfg.student_init, cfg.seed)
+            self.loss = LossSettings(cfg.alpha_ce, cfg.alpha_mlm, cfg.alpha_cos, cfg.temperature, cfg.restrict_ce_to_mask)
+            self.teacher_fp = teacher_fingerprint(self.teacher)
+        else:
+            require(cfg.max_position_embeddings >= self.shards.max_seq_len, "max_position_embeddings",
+                    f"must be >= the shards' max_seq_len {self.shards.max_seq_len}")
+            self.teacher, self.layer_map, self.teacher_fp = None, None, None
+            student = build_bert(int(info["vocab_size"]), int(info["pad_token_id"]), cfg.num_layers, cfg.hidden_size,
+                                 cfg.num_heads, cfg.intermediate_size, cfg.max_position_embeddings, cfg.seed)
+            self.loss = PRETRAIN_LOSS
+        self.student = student
+        self.student_config = student.config
+
+        self.ckpt = Checkpointer(self.out, cfg.keep_last, rank, world)
+        if cfg.resume == "false" and self.ckpt.has_any():
+            raise UserError(f"--out_dir {self.out} already has checkpoints and --resume is false; use --resume auto "
+                            f"to continue it, or a new --out_dir")
+        if cfg.resume == "true" and self.ckpt._find_resume_local() is None:
+            raise UserError(f"--resume true but {self.ckpt.root} holds no checkpoint to resume from; run without "
+                            f"--resume true (or with --resume auto) to start a new run")
+        self.resolved = {**config_to_dict(cfg), "command": self.mode, "world_size": world,
+                         "micro_batch_size_per_gpu": m, "grad_accum_steps": a, "global_batch_size": g,
+                         "precision_used": self.precision, "deepspeed": self.ds_cfg, "layer_map_used": self.layer_map,
+                         "student_config": self.student_config.to_dict(), "teacher_placement": "replicated"}
+        self.config_hash = _config_hash(config_to_dict(cfg))
+
+    # -------------------------------------------------------------- process group, loaders, engine
+    def setup(self) -> None:
+        import deepspeed
+
+        from dstrain.data import MLMMasker, build_eval_loader, build_loader
+        from dstrain.models import StudentForDistill
+        from dstrain.runtime import init_distributed, setup_logging
+
+        cfg = self.cfg
+        self.dist = dist = init_distributed()
+        setup_logging(dist.rank)
+        self.device = dist.device
+        self.resume_tag = self.ckpt.find_resume() if cfg.resume != "false" else None
+
+        masker = MLMMasker.for_shards(self.shards, mlm_probability=cfg.mlm_probability, smoothing=cfg.mlm_smoothing)
+        self.loader = build_loader(self.shards, micro_batch_size=self.micro, rank=dist.rank, world_size=dist.world_size,
+                                   num_workers=cfg.num_workers, seed=cfg.seed, masker=masker)
+        # uniform masking for evaluation: a fixed, comparable task across runs and steps
+        eval_masker = MLMMasker.for_shards(self.val_shards, mlm_probability=cfg.mlm_probability, smoothing=0.0)
+        self.eval_loader = build_eval_loader(self.val_shards, micro_batch_size=self.micro, rank=dist.rank,
+                                             world_size=dist.world_size, seed=cfg.seed, masker=eval_masker)
+
+        # client optimizer + schedule factory: DeepSpeed steps the schedule only on applied (non-skipped) steps
+        opt_ = torch.optim.AdamW(param_groups(self.student, cfg.weight_decay), lr=cfg.lr,
+                                 betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                                 fused=self.device.type == "cuda")
+        sched = lambda o: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(cfg.max_steps, cfg.warmup_frac))  # noqa: E731
+        self.engine, _, _, _ = deepspeed.initialize(model=StudentForDistill(self.student), optimizer=opt_,
+                                                    lr_scheduler=sched, config=self.ds_cfg)
+        del self.student  # the engine owns it now (partitioned under ZeRO-3)
+
+    # -------------------------------------------------------------- state
+    def _meta(self) -> dict[str, Any]:
+        return {"config_hash": self.config_hash, "config": config_to_dict(self.cfg), "teacher_fingerprint": self.teacher_fp,
+                "tokenizer_fingerprint": self.tok_fp, "consecutive_bad": self.consecutive_bad,
+                "samples_seen": self.samples_seen, "tokens_seen": self.tokens_seen, "mode": self.mode}
+
+    def _rank_state(self) -> dict[str, Any]:
+        from dstrain.checkpoint import rng_state
+
+        return {"rng": rng_state(), "loader": self.loader.state_dict()}
+
+    def save(self, step: int, tag: str | None = None, update_latest: bool = True) -> Path:
+        t0 = time.time()
+        d = self.ckpt.save(self.engine, step, self._meta(), self._rank_state(), tag=tag, update_latest=update_latest)
+        log.info("checkpoint %s saved in %.1fs", d, time.time() - t0)
+        return d
+
+    def restore(self) -> None:
+        from dstrain.checkpoint import check_resume_compatible, set_rng_state
+
+        meta, rs = self.ckpt.load(self.engine, self.resume_tag)
+        cur = {"teacher_fingerprint": self.teacher_fp, "tokenizer_fingerprint": self.tok_fp,
+               "config_hash": self.config_hash, "config": config_to_dict(self.cfg)}
+        check_resume_compatible(meta, cur, str(self.ckpt.root / self.resume_tag))
+        self.loader.load_state_dict(rs["loader"])
+        set_rng_state(rs["rng"])
+        self.consecutive_bad = meta["consecutive_bad"]
+        self.samples_seen, self.tokens_seen = meta["samples_seen"], meta["tokens_seen"]
+        log.info("resumed from %s at step %d", self.ckpt.root / self.resume_tag, self.engine.global_steps)
+
+    # -------------------------------------------------------------- data
+    def _batches(self):
+        """Endless micro-batches. The loader moves to the next epoch (new shuffle) by itself and remembers
+        its position in `state_dict()`, so a resumed run continues after the last consumed batch."""
+        while True:
+            yield from self.loader
+
+    # -------------------------------------------------------------- eval
+    @torch.no_grad()
+    def evaluate(self, model_fn) -> tuple[float, float]:
+        """Held-out MLM (loss, accuracy) over the same masked val batches on every call.
+
+        Every rank runs the same number of batches (ZeRO-3 gathers weights collectively)."""
+        from dstrain.losses import IGNORE_INDEX, mlm_accuracy, mlm_ce
+
+        n_local = len(self.eval_loader)
+        n = torch.tensor([min(self.cfg.eval_batches, n_local)], device=self.device)
+        if self.dist.world_size > 1:
+            torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MIN)
+        n = int(n.item())
+        tot = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
+        it = iter(self.eval_loader)
+        for _ in range(n):
+            b = _to_device(next(it), self.device)
+            rows = b["labels"] != IGNORE_INDEX
+            _, logits = model_fn(b["input_ids"], b["attention_mask"], rows)
+            y = b["labels"][rows]
+            c, k = mlm_accuracy(logits, y)
+            tot += torch.tensor([float(mlm_ce(logits, y)) * k, c, k], dtype=torch.float64, device=self.device)
+        if self.dist.world_size > 1:
+            torch.distributed.all_reduce(tot)
+        if tot[2] == 0:
+            return float("nan"), float("nan")
+        return float(tot[0] / tot[2]), float(tot[1] / tot[2])
+
+    def eval_student(self) -> tuple[float, float]:
+        self.engine.eval()
+        try:
+            return self.evaluate(lambda i, a, r: self.engine(i, a, r))
+        finally:
+            self.engine.train()
+
+    # -------------------------------------------------------------- loop
+    def run(self) -> dict[str, Any]:
+        from dstrain.models import mlm_forward, save_hf_model
+        from dstrain.train.step import micro_step
+        from dstrain.train.throughput import peak_flops, train_flops_per_token
+
+        cfg, dist, engine = self.cfg, self.dist, self.engine
+        self.consecutive_bad, self.samples_seen, self.tokens_seen = 0, 0, 0
+        if self.resume_tag is not None:
+            self.restore()
+        else:
+            torch.manual_seed(cfg.seed + dist.rank)  # dropout differs per rank, reproducibly
+        start = engine.global_steps
+        if dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out / "config.json", self.resolved)
+            (self.out / "PREEMPTED").unlink(missing_ok=True)
+        writer = None
+        if dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.out / "tb"), purge_step=start if start else None)
+        preempt = Preemption()
+        # fault injection for the tests (tests/train, tests/faults): see README "Distillation"
+        nan_from = int(os.environ.get("DSTRAIN_FAULT_NAN_FROM_STEP", "-1"))
+        signal_at = int(os.environ.get("DSTRAIN_FAULT_SIGNAL_AT_STEP", "-1"))
+
+        metrics: dict[str, Any] = {}
+        if self.teacher is not None and start == 0:
+            t_loss, t_acc = self.evaluate(lambda i, a, r: mlm_forward(self.teacher, i, a, r))
+            metrics.update(teacher_mlm_loss=t_loss, teacher_mlm_acc=t_acc)
+            if writer:
+                writer.add_scalar("eval/teacher_mlm_loss", t_loss, 0)
+                writer.add_scalar("eval/teacher_mlm_acc", t_acc, 0)
+        bar = None
+        if dist.is_main and cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.max_steps, initial=start, desc=self.mode, dynamic_ncols=True, mininterval=2.0)
+        flops_tok = train_flops_per_token(self.student_config, self.teacher.config if self.teacher is not None else None,
+                                          self.shards.max_seq_len)
+        peak = peak_flops(self.device, self.precision)
+        batches = self._batches()
+        step, last_saved, stop_reason = start, None, "max_steps"
+        window_t, window_tokens, window_samples, window_steps = time.time(), 0.0, 0.0, 0
+        bad_first = None
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        while step < cfg.max_steps:
+            inject = 0 <= nan_from <= step
+            acc = None
+            ntok = 0
+            for _ in range(self.accum):
+                b = _to_device(next(batches), self.device)
+                total, terms = micro_step(engine, self.teacher, b, self.loss, nan_injection=inject)
+                vals = torch.stack([total.float(), *[terms.get(k, total.new_zeros(())).float() for k in ("ce", "mlm", "cos")]])
+                acc = vals if acc is None else acc + vals
+                ntok += int(b["attention_mask"].sum())
+            step += 1
+            if step == signal_at and dist.rank == dist.world_size - 1:
+                os.kill(os.getpid(), signal.SIGUSR1)  # as Slurm would, to one rank only: the others learn it below
+            # one all-reduce per step: mean loss terms, tokens, non-finite flag, preemption flag
+            red = torch.cat([acc / self.accum, torch.tensor([ntok, 0.0, float(preempt.flag)], device=acc.device)])
+            red[5] = float(not torch.isfinite(acc).all())
+            if dist.world_size > 1:
+                torch.distributed.all_reduce(red)
+            red = red.tolist()
+            loss_terms = {k: red[i] / dist.world_size for i, k in enumerate(("total", "ce", "mlm", "cos"))}
+            step_tokens, nonfinite, stop_flag = red[4], red[5] > 0, red[6] > 0
+            self.tokens_seen += int(step_tokens)
+            self.samples_seen += self.global_batch
+            applied = engine.was_step_applied()
+            scale = self._loss_scale()
+            min_scale = float(self.ds_cfg.get("fp16", {}).get("min_loss_scale", 1.0))
+            bad = nonfinite or (not applied and (self.precision != "fp16" or (scale is not None and scale <= min_scale)))
+            if bad:
+                bad_first = step if self.consecutive_bad == 0 else bad_first
+                self.consecutive_bad += 1
+            else:
+                self.consecutive_bad = 0
+            window_tokens += step_tokens
+            window_samples += self.global_batch
+            window_steps += 1
+
+            if writer and (step % cfg.log_every == 0 or step == cfg.max_steps):
+                dt = max(time.time() - window_t, 1e-9)
+                s = {f"train/loss_{k}": v for k, v in loss_terms.items()}
+                s.update({"train/lr": engine.get_lr()[0], "train/skipped_steps": engine.skipped_steps,
+                          "perf/tokens_per_s": window_tokens / dt, "perf/samples_per_s": window_samples / dt,
+                          "train/grad_norm": _num(engine.get_global_grad_norm())})
+                if scale is not None:
+                    s["train/loss_scale"] = scale
+                s["data/bad_shards"] = self.loader.stats.get("bad_shards", 0)
+                s["data/bad_samples"] = self.loader.stats.get("bad_samples", 0)
+                s["data/epoch"] = self.loader.epoch
+                if self.device.type == "cuda":
+                    s["perf/peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+                    if peak:
+                        s["perf/mfu"] = flops_tok * window_tokens / dist.world_size / dt / peak
+                for k, v in s.items():
+                    if v is not None and math.isfinite(v):
+                        writer.add_scalar(k, v, step)
+                    elif v is not None:
+                        writer.add_scalar(k, float("nan"), step)
+                window_t, window_tokens, window_samples, window_steps = time.time(), 0.0, 0.0, 0
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_terms['total']:.3f}", lr=f"{engine.get_lr()[0]:.2e}",
+                                skipped=engine.skipped_steps, refresh=False)
+            if self.consecutive_bad >= cfg.max_bad_steps:
+                self._diverged(step, bad_first, last_saved, writer, bar)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+                self._log_eval(writer, step)
+            if stop_flag:
+                stop_reason = "preempted"
+                break
+            # never save a step inside a run of bad steps as a normal checkpoint
+            if cfg.save_every and step % cfg.save_every == 0 and self.consecutive_bad == 0:
+                last_saved = self.save(step)
+        if bar is not None:
+            bar.close()
+
+        if last_saved is None or last_saved.name != f"step-{step:08d}":
+            last_saved = self.save(step)
+        if stop_reason == "preempted":
+            if dist.is_main:
+                atomic_write_text(self.out / "PREEMPTED", json.dumps(
+                    {"step": step, "checkpoint": last_saved.name, "signal": preempt.signum}) + "\n")
+                log.warning("preempted at step %d: checkpoint %s written; relaunch with --resume auto", step, last_saved)
+            if writer:
+                writer.close()
+            return {"status": "preempted", "step": step}
+
+        s_loss, s_acc = self.eval_student()
+        if writer:
+            writer.add_scalar("eval/student_mlm_loss", s_loss, step)
+            writer.add_scalar("eval/student_mlm_acc", s_acc, step)
+            writer.close()
+        if dist.is_main:
+            from transformers import AutoModelForMaskedLM
+
+            sd = _export_state_dict(engine, self.ckpt.root, last_saved.name)
+            model = AutoModelForMaskedLM.from_config(self.student_config)
+            missing, unexpected = model.load_state_dict(sd, strict=False)
+            if unexpected or [k for k in missing if not k.endswith(("vocab_projector.weight", "decoder.weight"))]:
+                raise RuntimeError(f"export: missing {missing}, unexpected {unexpected}")
+            model.tie_weights()
+            save_hf_model(model, self.out / "student", self.shards.tokenizer_dir)
+            metrics.update(step=step, student_mlm_loss=s_loss, student_mlm_acc=s_acc, train_loss=loss_terms["total"],
+                           skipped_steps=engine.skipped_steps, tokens_seen=self.tokens_seen,
+                           samples_seen=self.samples_seen, checkpoint=last_saved.name)
+            if self.resume_tag is not None and (self.out / "metrics.json").is_file():
+                old = json.loads((self.out / "metrics.json").read_text())
+                metrics = {**{k: old[k] for k in ("teacher_mlm_loss", "teacher_mlm_acc") if k in old}, **metrics}
+            atomic_write_json(self.out / "metrics.json", metrics)
+            log.info("done: step %d, held-out student MLM loss %.4f acc %.4f; student exported to %s",
+                     step, s_loss, s_acc, self.out / "student")
+        if dist.world_size > 1:
+            torch.distributed.barrier()
+        return {"status": "done", "step": step, **metrics}
+
+    def _loss_scale(self) -> float | None:
+        if self.precision != "fp16":
+            return None
+        o = self.engine.optimizer
+        for attr in ("cur_scale", "loss_scale"):
+            v = getattr(o, attr, None)
+            if isinstance(v, (int, float)):
+                return float(v)
+        return None
+
+    def _log_eval(self, writer, step: int) -> None:
+        loss, acc = self.eval_student()
+        if writer:
+            writer.add_scalar("eval/student_mlm_loss", loss, step)
+            writer.add_scalar("eval/student_mlm_acc", acc, step)
+        log.info("step %d: held-out student MLM loss %.4f acc %.4f", step, loss, acc)
+
+    def _diverged(self, step: int, first: int, last_saved: Path | None, writer, bar) -> None:
+        """Save the diverged state aside (never as `latest`), write RUN/DIVERGED, stop with a message."""
+        d = self.save(step, tag=f"diverged-step-{step:08d}", update_latest=False)
+        good = self.ckpt.find_resume()  # collective: every rank reaches here at the same step
+        msg = (f"training diverged: {self.consecutive_bad} consecutive steps ({first}..{step}) had a non-finite loss "
+               f"or were skipped at the minimum fp16 loss scale. The diverged state is in {d} (never resumed from); "
+               f"the last good checkpoint is {good or 'none'}. Lower --lr, raise --warmup_frac, or use bf16, then "
+               f"resume with --resume auto.")
+        if self.dist.is_main:
+            atomic_write_text(self.out / "DIVERGED", msg + "\n")
+        if writer:
+            writer.close()
+        if bar is not None:
+            bar.close()
+        raise UserError(msg)
+
+
+def _num(x) -> float | None:
+    if x is None:
+        return None
+    return float(x.item() if torch.is_tensor(x) else x)
+
+
+def _world_from_env() -> tuple[int, int]:
+    """(world size, rank) before the process group exists: launcher variables, Slurm's, or a world of one."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"]), int(os.environ.get("RANK", "0"))
+    if "SLURM_NTASKS" in os.environ and "SLURM_PROCID" in os.environ:
+        return int(os.environ["SLURM_NTASKS"]), int(os.environ["SLURM_PROCID"])
+    return 1, 0
+
+
+def _train(cfg: TrainConfig, mode: str) -> dict[str, Any]:
+    t = Trainer(cfg, mode)
+    t.prepare()
+    t.setup()
+    return t.run()
+
+
+def distill(**kwargs) -> dict[str, Any]:
+    """Distil --teacher into a student with half its layers (DistilBERT recipe) on --data shards."""
+    cfg = build_config(DistillConfig, kwargs, "distill")
+    return _summary(_train(cfg, "distill"))
+
+
+def pretrain(**kwargs) -> dict[str, Any]:
+    """Train a BertForMaskedLM from scratch (MLM only) on --data shards; the paper's no-distillation baseline."""
+    cfg = build_config(PretrainConfig, kwargs, "pretrain")
+    return _summary(_train(cfg, "pretrain"))
+
+
+def _summary(result: dict[str, Any]) -> None:
+    # Fire would print a returned dict on every rank; log it once instead
+    return None
+
+
+distill.config_class = DistillConfig
+pretrain.config_class = PretrainConfig
