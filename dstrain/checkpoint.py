@@ -77,6 +77,13 @@ def _files(d: Path) -> dict[str, int]:
     return {str(p.relative_to(d)): p.stat().st_size for p in sorted(d.rglob("*")) if p.is_file() and p.name != MARKER}
 
 
+def mark_complete(d: Path, step: int) -> None:
+    """Write the COMPLETE marker listing every file of `d` with its size (last step of a save)."""
+    for p in d.glob("*.tmp-*"):
+        p.unlink(missing_ok=True)
+    atomic_write_json(d / MARKER, {"step": step, "files": _files(d)})
+
+
 def verify(d: Path) -> str | None:
     """None if `d` is a complete checkpoint, else why not (for the log)."""
     marker = d / MARKER
@@ -123,9 +130,7 @@ class Checkpointer:
         _barrier()
         if self.rank == 0:
             atomic_write_json(d / STATE, {**meta, "step": step, "world_size": self.world_size, "tag": tag})
-            for p in d.glob("*.tmp-*"):
-                p.unlink(missing_ok=True)
-            atomic_write_json(d / MARKER, {"step": step, "files": _files(d)})
+            mark_complete(d, step)
             if update_latest:
                 atomic_write_text(self.root / "latest", tag)
                 self._rotate()

@@ -50,10 +50,24 @@ check_gpus() {  # more ranks than allocated GPUs would put two ranks on one GPU
 # and finish_or_requeue puts the job back in the queue. The per-node launcher ignores USR1/TERM
 # (see launch_prefix), so it does not die before its ranks have saved.
 GOT_SIGNAL=""
+NAGGER_PID=""
 forward_signal() {
   GOT_SIGNAL=$1
   log "got SIG$1: asking every rank to checkpoint at the next step boundary"
   scancel --signal="$1" "$SLURM_JOB_ID" || log "scancel --signal=$1 failed (job ending?)"
+  # A rank that is still starting up (before the trainer's handler exists) ignores the signal; repeat it
+  # every RESIGNAL_SECS until the step ends, so a signal that came early is not lost.
+  if [[ -z $NAGGER_PID ]]; then
+    (
+      trap - USR1
+      trap 'kill "$s" 2>/dev/null; exit 0' TERM
+      while true; do
+        sleep "${RESIGNAL_SECS:-60}" & s=$!; wait "$s"
+        scancel --signal="$1" "$SLURM_JOB_ID" 2>/dev/null || true
+      done
+    ) &
+    NAGGER_PID=$!
+  fi
 }
 
 # Run "$@" (an srun command) in the background so the traps fire while it runs (bash runs a trap
@@ -69,6 +83,7 @@ run_step() {
     kill -0 "$pid" 2>/dev/null || break
   done
   trap - USR1
+  if [[ -n $NAGGER_PID ]]; then kill "$NAGGER_PID" 2>/dev/null || true; wait "$NAGGER_PID" 2>/dev/null || true; fi
 }
 
 # After the step: requeue when the trainer stopped because of a signal, else end with its status.
@@ -98,5 +113,7 @@ finish_or_requeue() {  # finish_or_requeue RUN_DIR
 # signals to every process of the step, ranks included, so the launcher has nothing to forward; ignoring
 # them keeps it from killing ranks that are still writing their checkpoint.
 # TORCHELASTIC_SIGNALS_TO_HANDLE stops torchrun from installing its own SIGTERM handler over that.
-launch_prefix=(bash -c 'trap "" USR1 TERM; exec "$@"' dstrain-launch)
+launch_prefix=(bash -c 'trap "" USR1 TERM
+echo "[dstrain-slurm] node $(hostname) (SLURM_NODEID=$SLURM_NODEID) starts its ranks"
+exec "$@"' dstrain-launch)
 export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGINT,SIGHUP,SIGQUIT

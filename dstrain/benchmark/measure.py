@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import logging
 import os
 import time
 from typing import Callable, Sequence
 
 import numpy as np
+
+log = logging.getLogger("dstrain.benchmark")
 
 
 def sync_fn(device: str) -> Callable[[], None]:
@@ -44,7 +47,10 @@ def time_interleaved(calls: Sequence[Callable[[int], object]], n_inputs: int, wa
                 c(i)
     sync()
     out = [np.zeros((repeats, n_inputs)) for _ in calls]
+    t_start = time.perf_counter()
     for r in range(repeats):
+        if r and time.perf_counter() - t_start > 10:  # long runs (the STS-B-like passes) show progress
+            log.info("timed round %d/%d", r + 1, repeats)
         order = list(range(len(calls))) if r % 2 == 0 else list(range(len(calls)))[::-1]
         for i in range(n_inputs):
             for m in order:

@@ -32,7 +32,9 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Te
 def span_loss(start_logits: torch.Tensor, end_logits: torch.Tensor, start_positions: torch.Tensor,
               end_positions: torch.Tensor) -> torch.Tensor:
     """(CE(start) + CE(end)) / 2 over a batch; logits (N, L), positions (N,) token indices."""
-    return (F.cross_entropy(start_logits.float(), start_positions) + F.cross_entropy(end_logits.float(), end_positions)) / 2
+    ce_start = F.cross_entropy(start_logits.float(), start_positions)
+    ce_end = F.cross_entropy(end_logits.float(), end_positions)
+    return (ce_start + ce_end) / 2
 
 
 def classification_distill_loss(logits, labels, teacher_logits, kind: str, alpha_ce: float, alpha_task: float,

@@ -89,6 +89,8 @@ class FinetuneConfig:
         require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
         require(self.alpha_ce >= 0 and self.alpha_task >= 0, "alpha_ce", "the loss weights must be >= 0")
         require(self.log_every >= 1, "log_every", "must be >= 1")
+        require(self.max_train_examples >= 0 and self.max_eval_examples >= 0, "max_train_examples",
+                "--max_train_examples and --max_eval_examples must be >= 0 (0: all)")
         require(self.precision in ("config", "fp16", "bf16", "fp32"), "precision",
                 f"must be one of config, fp16, bf16, fp32; got {self.precision!r}")
 
@@ -309,6 +311,10 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
         if not span and teacher.config.num_labels != task.num_labels:
             raise UserError(f"--teacher {cfg.teacher}: has {teacher.config.num_labels} outputs but {task.name} "
                             f"needs {task.num_labels}; pass a teacher fine-tuned on {task.name}")
+        t_names = [str(teacher.config.id2label.get(i, "")) for i in range(task.num_labels)] if not span else []
+        if task.labels and set(t_names) == set(task.labels) and t_names != list(task.labels):
+            raise UserError(f"--teacher {cfg.teacher}: its labels are in the order {t_names}, {task.name} uses "
+                            f"{list(task.labels)}; its logits would be matched to the wrong classes")
         if teacher.config.vocab_size != model.config.vocab_size:
             raise UserError(f"--teacher {cfg.teacher}: vocabulary of {teacher.config.vocab_size} tokens, the student "
                             f"has {model.config.vocab_size}; teacher and student must share the tokenizer")
@@ -356,6 +362,7 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
         return {s: m for s, (m, _) in res.items()}, res
 
     t0 = time.time()
+    lr_used = scheduler.get_last_lr()[0]
     step, sums, n_micro, micro_total, last_eval = 0, {}, 0, 0, None
     engine.train()
     for epoch in range(epochs):
@@ -394,13 +401,15 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
             if micro_total % accum:
                 continue
             step += 1
+            lr = lr_used
+            lr_used = scheduler.get_last_lr()[0]  # the schedule has moved on: this is the next step's lr
             if step % cfg.log_every == 0 or step == total_steps:
-                means = {k: v / n_micro for k, v in sums.items()}
+                means = {k: v / n_micro for k, v in sums.items()}  # mean over the micro-batches since the last log
                 if writer:
                     for k, v in means.items():
                         writer.add_scalar(f"train/{k}", v, step)
-                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-                log.info("step %d/%d loss %.4f lr %.2e", step, total_steps, means["loss"], scheduler.get_last_lr()[0])
+                    writer.add_scalar("train/lr", lr, step)
+                log.info("step %d/%d loss %.4f lr %.2e", step, total_steps, means["loss"], lr)
                 sums, n_micro = {}, 0
             if step >= total_steps:
                 break
@@ -447,7 +456,8 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
         import torch.distributed as tdist
 
         tdist.barrier()
-    engine.destroy() if hasattr(engine, "destroy") else None
+    if hasattr(engine, "destroy"):  # release DeepSpeed's hooks before the next seed builds a new engine
+        engine.destroy()
     return metrics
 
 
@@ -518,6 +528,9 @@ def finetune(**kwargs):
     data = prepare_data(cfg, task, tokenizer)  # all bad-input errors surface here, before any output
     dist = init_distributed()
     setup_logging(dist.rank)
+    if dist.is_main and cfg.overwrite:
+        # An old metrics.json would make a half-done rerun look finished.
+        (out / "metrics.json").unlink(missing_ok=True)
     ds_path = cfg.ds_config or str(ROOT / "ds_configs" / (
         "finetune_gpu.json" if dist.device.type == "cuda" else "finetune_cpu.json"))
     ds_base = load_ds_config(ds_path)

@@ -454,7 +454,7 @@ class Trainer:
         if dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(self.out / "tb"), purge_step=start if start else None)
+            writer = SummaryWriter(str(self.out / "tb"), purge_step=start + 1 if start else None)  # drop events logged after the checkpoint
         preempt = Preemption()
         # fault injection for the tests (tests/train, tests/faults): see README "Distillation"
         nan_from = int(os.environ.get("DSTRAIN_FAULT_NAN_FROM_STEP", "-1"))

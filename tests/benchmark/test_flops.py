@@ -64,3 +64,15 @@ def test_peak_table_and_mfu():
     assert peak_tflops("Some Future GPU", "bf16") is None
     assert mfu(1e12, 1.0, 2.0) == pytest.approx(0.5)
     assert mfu(1e12, 1.0, None) is None
+
+
+def test_agrees_with_the_trainers_per_token_formula():
+    # dstrain/train/throughput.py counts FLOPs per token for its own MFU log; both must say the same
+    from dstrain.train.throughput import train_flops_per_token
+
+    t_cfg = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, intermediate_size=3072)
+    s_cfg = DistilBertConfig()
+    b, s = 32, 128
+    ours = distill_step_flops(EncoderShape.from_hf_config(t_cfg), EncoderShape.from_hf_config(s_cfg), b, s,
+                              b * s, b * s)
+    assert ours == pytest.approx(b * s * train_flops_per_token(s_cfg, t_cfg, s), rel=1e-12)

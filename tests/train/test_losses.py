@@ -95,7 +95,7 @@ def test_padding_and_unselected_positions_contribute_nothing():
 
     torch.manual_seed(0)
     teacher = BertForMaskedLM(BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                         intermediate_size=32)).eval()
+                                         intermediate_size=32, initializer_range=0.5)).eval()
     student, _ = build_student(teacher, teacher.config, 1, "even", "teacher", 0)
     student = StudentForDistill(student).eval()
     ids = torch.randint(5, 60, (2, 9))
