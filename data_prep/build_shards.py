@@ -26,6 +26,7 @@ A rerun into a complete folder with the same settings does nothing; a folder lef
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -34,7 +35,6 @@ import os
 import shlex
 import shutil
 import sys
-import tarfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -210,10 +210,46 @@ def ragged_take(tokens: np.ndarray, lens: np.ndarray, offsets: np.ndarray, idx: 
 
 # ---------------------------------------------------------------- shard writing
 
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()  # not dstrain.data's copy: importing that package imports torch
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+_NPY_HEADERS: dict[tuple[str, int], bytes] = {}
+
+
 def _npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
+    """The .npy file of a 1-D array (what np.save writes), with the header cached per (dtype, length)."""
+    key = (arr.dtype.str, len(arr))
+    header = _NPY_HEADERS.get(key)
+    if header is None:
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(len(arr), arr.dtype), allow_pickle=False)
+        header = _NPY_HEADERS[key] = buf.getvalue()[: buf.tell() - arr.nbytes]
+    return header + np.ascontiguousarray(arr).tobytes()
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    """A 512-byte ustar header for a regular file with fixed mode/owner/mtime (deterministic shards).
+
+    Byte-for-byte what tarfile writes for TarInfo(name, size, mtime=0, mode=0o644, uid=gid=0, no names),
+    built directly because tarfile's generic path costs ~100 us a member."""
+    h = bytearray(512)
+    nb = name.encode("ascii")
+    h[0:len(nb)] = nb
+    h[100:108] = b"0000644\x00"
+    h[108:116] = b"0000000\x00"
+    h[116:124] = b"0000000\x00"
+    h[124:136] = b"%011o\x00" % size
+    h[136:148] = b"00000000000\x00"
+    h[148:156] = b"        "
+    h[156:157] = b"0"
+    h[257:265] = b"ustar\x0000"
+    h[148:156] = b"%06o\x00 " % sum(h)
+    return bytes(h)
 
 
 class ShardWriter:
@@ -227,7 +263,7 @@ class ShardWriter:
         self.sizes = [total // n_shards + (1 if i < total % n_shards else 0) for i in range(n_shards)]
         self.entries: list[dict[str, Any]] = []
         self.index = 0
-        self._tar: tarfile.TarFile | None = None
+        self._f = None
         self._tmp: Path | None = None
         self._n = self._tokens = 0
 
@@ -235,18 +271,16 @@ class ShardWriter:
         name = f"{self.split}-{len(self.entries):06d}.tar"
         self._name = name
         self._tmp = self.out / f"{name}.tmp-{os.getpid()}"
-        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        self._f = open(self._tmp, "wb")
         self._n = self._tokens = 0
 
     def add(self, seq: np.ndarray) -> None:
-        if self._tar is None:
+        if self._f is None:
             self._open()
         data = _npy_bytes(seq)
-        info = tarfile.TarInfo(f"{self.index:09d}.input_ids.npy")
-        info.size, info.mtime, info.mode = len(data), 0, 0o644
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        self._tar.addfile(info, io.BytesIO(data))
+        self._f.write(_tar_header(f"{self.index:09d}.input_ids.npy", len(data)))
+        self._f.write(data)
+        self._f.write(b"\0" * (-len(data) % 512))
         self.index += 1
         self._n += 1
         self._tokens += len(seq)
@@ -254,18 +288,17 @@ class ShardWriter:
             self._close()
 
     def _close(self) -> None:
-        from dstrain.data.shards import sha256_file
-
-        assert self._tar is not None and self._tmp is not None
-        self._tar.close()
+        assert self._f is not None and self._tmp is not None
+        self._f.write(b"\0" * 1024)  # end-of-archive: two zero blocks
+        self._f.close()
         final = self.out / self._name
         os.replace(self._tmp, final)
         self.entries.append({"name": self._name, "num_samples": self._n, "num_tokens": self._tokens,
                              "bytes": final.stat().st_size, "sha256": sha256_file(final)})
-        self._tar = None
+        self._f = None
 
     def finish(self) -> dict[str, Any]:
-        if self._tar is not None:
+        if self._f is not None:
             self._close()
         return {"num_samples": sum(e["num_samples"] for e in self.entries),
                 "num_tokens": sum(e["num_tokens"] for e in self.entries), "shards": self.entries}
@@ -373,7 +406,7 @@ def build_shards(**kwargs) -> dict[str, Any]:
     (out / MARKER).write_text(f"build_shards started {time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()}\n")
     tmp = out / TMP_DIR
     tmp.mkdir(exist_ok=True)
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
 
     # 1. tokenize in task order into one temporary ragged file
     stats = ReadStats()
@@ -397,7 +430,8 @@ def build_shards(**kwargs) -> dict[str, Any]:
         else:
             import multiprocessing as mp
 
-            pool = mp.get_context("spawn").Pool(cfg.num_workers, initializer=_init_worker, initargs=(tok_json, params))
+            # fork: workers start at once (no re-import); the parent has never run the tokenizer
+            pool = mp.get_context("fork").Pool(cfg.num_workers, initializer=_init_worker, initargs=(tok_json, params))
             # imap keeps task order: the output is the same for any --num_workers
             results = pool.imap(tokenize_task, _tasks(docs, cfg.docs_per_task), chunksize=1)
         n_docs_seen = 0
@@ -418,7 +452,7 @@ def build_shards(**kwargs) -> dict[str, Any]:
         if pool is not None:
             pool.terminate()
             pool.join()
-    t_tok = time.time() - t0
+    t_tok, c_tok = time.time() - t0, time.process_time() - c0  # CPU time: this process only (all of it at 1 worker)
     N = writer.count
     if stats.documents == 0:
         raise UserError(f"--inputs {cfg.inputs}: no documents found (empty files?); nothing to build. "
@@ -493,7 +527,7 @@ def build_shards(**kwargs) -> dict[str, Any]:
                      "max_unk_fraction": cfg.max_unk_fraction},
         "settings": {k: getattr(cfg, k) for k in OUTPUT_SETTINGS},
         "command": " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), *sys.argv]),
-        "timing": {"tokenize_s": round(t_tok, 3), "total_s": round(elapsed, 3),
+        "timing": {"tokenize_s": round(t_tok, 3), "tokenize_main_cpu_s": round(c_tok, 3), "total_s": round(elapsed, 3),
                    "tokens_per_s": round(total_tokens / max(t_tok, 1e-9)), "num_workers": cfg.num_workers},
     }
     atomic_write_json(out / "manifest.json", manifest)

@@ -86,6 +86,14 @@ def init_distributed(timeout_minutes: float = 30.0) -> Dist:
         os.environ["RANK"] = os.environ["SLURM_PROCID"]
         os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
         os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+        if os.environ["WORLD_SIZE"] == "1":  # a world of one (srun of one task) needs no rendezvous address
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        elif not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
+            raise UserError(
+                f"srun started {os.environ['WORLD_SIZE']} tasks but MASTER_ADDR/MASTER_PORT are not set: export them "
+                f"before srun (the first node of the job and a free port), or use the templates in slurm/, which "
+                f"start one torchrun per node")
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

@@ -224,18 +224,17 @@ def run(cfg: BenchmarkConfig) -> dict[str, Any]:
 
         result["train"] = measure_train(cfg, specs, built, device, precisions)
     else:
-        result["inference"], result["sts_pass"] = [], []
-        for prec in precisions:
-            variants = [_variant(m, prec, device) for m in built]
+        # Every (precision, model) variant is timed in one alternating loop, so fp32-vs-int8 ratios hold too.
+        variants = [(prec, i, _variant(m, prec, device)) for prec in precisions for i, m in enumerate(built)]
+        for prec, i, v in variants:
             if prec == "int8":
-                for info, v in zip(result["models"], variants):
-                    info["int8_bytes"] = M.serialized_bytes(v)
-            if cfg.preset == "paper":
-                result["sts_pass"] += _sts_pass(cfg, specs, variants, prec, device, tokenizer)
-            else:
-                result["inference"] += _grid(cfg, specs, variants, prec, device)
-            del variants
-            gc.collect()
+                result["models"][i]["int8_bytes"] = M.serialized_bytes(v)
+        if cfg.preset == "paper":
+            result["inference"], result["sts_pass"] = [], _sts_pass(cfg, specs, variants, device, tokenizer)
+        else:
+            result["inference"], result["sts_pass"] = _grid(cfg, specs, variants, device), []
+        del variants
+        gc.collect()
     result["wall_s"] = time.time() - t0
 
     from dstrain.benchmark.report import format_tables, plot
@@ -276,10 +275,24 @@ def _forward(model, batch: dict):
         return model(**batch)
 
 
-def _grid(cfg: BenchmarkConfig, specs, variants, precision: str, device: str) -> list[dict]:
-    """Latency and throughput over seq_lens x batch_sizes, models alternating call by call."""
+def _speedups(specs, variants, times, k: int) -> dict[str, float]:
+    """Paired speedups of variant k: against the reference model at the same precision, and against the
+    reference at the first precision (e.g. an int8 student against the fp32 teacher)."""
+    from dstrain.benchmark.measure import paired_ratio
+
+    prec = variants[k][0]
+    same = next(j for j, (p, i, _) in enumerate(variants) if p == prec and i == 0)
+    return {"speedup_vs_ref": paired_ratio(times[same], times[k]),
+            f"speedup_vs_ref_{variants[0][0]}": paired_ratio(times[0], times[k])}
+
+
+def _grid(cfg: BenchmarkConfig, specs, variants, device: str) -> list[dict]:
+    """Latency and throughput over seq_lens x batch_sizes, all variants alternating call by call.
+
+    variants: [(precision, model index, module)]. One row per (seq_len, batch, precision, model).
+    """
     from dstrain.benchmark import inputs as I
-    from dstrain.benchmark.measure import paired_ratio, peak_memory, percentiles, time_interleaved
+    from dstrain.benchmark.measure import peak_memory, percentiles, time_interleaved
 
     vocab = min(s.config.vocab_size for s in specs)
     specials = set().union(*(I.special_ids(s.config) for s in specs))
@@ -288,28 +301,30 @@ def _grid(cfg: BenchmarkConfig, specs, variants, precision: str, device: str) ->
         for b in cfg.batch_sizes:
             batch = {k: v.to(device) for k, v in
                      I.random_ids(b, seq, vocab, specials, seed=cfg.seed + seq * 1000 + b).items()}
-            calls = [lambda i, m=m: _forward(m, batch) for m in variants]
-            log.info("%s seq %d batch %d: %d warm-up + %d timed calls per model", precision, seq, b, cfg.warmup,
+            calls = [lambda i, m=m: _forward(m, batch) for _, _, m in variants]
+            log.info("seq %d batch %d: %d warm-up + %d timed calls per model and precision", seq, b, cfg.warmup,
                      cfg.repeats)
             times = time_interleaved(calls, 1, cfg.warmup, cfg.repeats, device)
-            for s, m, t in zip(specs, variants, times):
+            for k, ((prec, i, m), t) in enumerate(zip(variants, times)):
                 p = percentiles(t)
                 mem = peak_memory(lambda: _forward(m, batch), device) if cfg.memory else \
                     {"peak_mem_bytes": None, "peak_mem_delta_bytes": None}
-                rows.append({"model": s.name, "precision": precision, "seq_len": seq, "batch_size": b, **p,
+                rows.append({"model": specs[i].name, "precision": prec, "seq_len": seq, "batch_size": b, **p,
                              "tokens_per_s": b * seq / (p["p50_ms"] / 1e3),
                              "sequences_per_s": b / (p["p50_ms"] / 1e3),
-                             "speedup_vs_ref": paired_ratio(times[0], t), **mem,
+                             **_speedups(specs, variants, times, k), **mem,
                              "times_ms": [round(x * 1e3, 4) for x in t.ravel()]})
-    return rows
+    # table order: precision, seq, batch, model
+    order = {p: n for n, p in enumerate(dict.fromkeys(v[0] for v in variants))}
+    return sorted(rows, key=lambda r: (order[r["precision"]], r["seq_len"], r["batch_size"]))
 
 
-def _sts_pass(cfg: BenchmarkConfig, specs, variants, precision: str, device: str, tokenizer) -> list[dict]:
-    """The paper's measurement: batch 1 over every STS-B-like pair, the models alternating pair by pair."""
+def _sts_pass(cfg: BenchmarkConfig, specs, variants, device: str, tokenizer) -> list[dict]:
+    """The paper's measurement: batch 1 over every STS-B-like pair, the variants alternating pair by pair."""
     import numpy as np
 
     from dstrain.benchmark import inputs as I
-    from dstrain.benchmark.measure import paired_ratio, peak_memory, percentiles, time_interleaved
+    from dstrain.benchmark.measure import peak_memory, percentiles, time_interleaved
 
     vocab = min(s.config.vocab_size for s in specs)
     specials = set().union(*(I.special_ids(s.config, tokenizer) for s in specs))
@@ -318,21 +333,22 @@ def _sts_pass(cfg: BenchmarkConfig, specs, variants, precision: str, device: str
     batches = [{k: v.to(device) for k, v in b.items()}
                for b in I.pair_batches(pairs, vocab, specials, tokenizer, max_len, seed=cfg.seed)]
     lens = [int(b["input_ids"].shape[1]) for b in batches]
-    calls = [lambda i, m=m: _forward(m, batches[i]) for m in variants]
-    log.info("%s STS-B-like pass: %d pairs, %d warm-up + %d timed passes per model", precision, len(batches),
+    calls = [lambda i, m=m: _forward(m, batches[i]) for _, _, m in variants]
+    log.info("STS-B-like pass: %d pairs, %d warm-up + %d timed passes per model and precision", len(batches),
              cfg.warmup, cfg.repeats)
     times = time_interleaved(calls, len(batches), cfg.warmup, cfg.repeats, device)
     longest = int(np.argmax(lens))
     rows = []
-    for s, m, t in zip(specs, variants, times):
+    for k, ((prec, i, m), t) in enumerate(zip(variants, times)):
+        ref = next(j for j, (p, i0, _) in enumerate(variants) if p == prec and i0 == 0)
         mem = peak_memory(lambda: _forward(m, batches[longest]), device) if cfg.memory else \
             {"peak_mem_bytes": None, "peak_mem_delta_bytes": None}
         pass_s = t.sum(axis=1)  # one total per timed pass
-        rows.append({"model": s.name, "precision": precision, "pairs": len(batches), "tokenized": tokenizer is not None,
-                     "mean_tokens": float(np.mean(lens)), "max_tokens": max(lens), "passes": cfg.repeats,
-                     "pass_s": float(np.median(pass_s)), "pass_s_all": [float(x) for x in pass_s],
-                     **percentiles(t), "speedup_vs_ref": paired_ratio(times[0], t),
-                     "pass_speedup_vs_ref": float(np.median(times[0].sum(axis=1)) / np.median(pass_s)), **mem})
+        rows.append({"model": specs[i].name, "precision": prec, "pairs": len(batches),
+                     "tokenized": tokenizer is not None, "mean_tokens": float(np.mean(lens)), "max_tokens": max(lens),
+                     "passes": cfg.repeats, "pass_s": float(np.median(pass_s)), "pass_s_all": [float(x) for x in pass_s],
+                     **percentiles(t), **_speedups(specs, variants, times, k),
+                     "pass_speedup_vs_ref": float(np.median(times[ref].sum(axis=1)) / np.median(pass_s)), **mem})
     return rows
 
 

@@ -286,7 +286,8 @@ class ShardLoader:
         return self.plan(self.epoch).num_batches
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch to iterate; keeps the position when it is the epoch a resumed state points into."""
+        """Select the epoch to iterate. Optional: the loader advances by itself after each full epoch.
+        Keeps the position when `epoch` is the one it is in (e.g. a resumed state's epoch)."""
         if epoch != self.epoch:
             self.epoch, self.batches_consumed = int(epoch), 0
 
@@ -308,15 +309,16 @@ class ShardLoader:
                 + ", ".join(diff) + "). Resume with the same ranks, loader workers, micro-batch, seed and shards, "
                 "or start the data order afresh from the checkpoint's epoch.")
         self.epoch, self.batches_consumed = int(sd["epoch"]), int(sd["batches_consumed"])
-        if self.batches_consumed >= len(self):
-            self.epoch, self.batches_consumed = self.epoch + 1, 0
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The rest of the current epoch (all of it unless resumed mid-epoch); afterwards the loader is at
+        the next epoch, so `while True: yield from loader` runs epoch after epoch with new shuffles."""
         epoch, start = self.epoch, self.batches_consumed
         n = self.plan(epoch).num_batches
         if start >= n:
+            # restored from a state saved after an epoch's last batch: that epoch is done, yield nothing
             self.epoch, self.batches_consumed = epoch + 1, 0
-            epoch, start, n = self.epoch, 0, self.plan(self.epoch).num_batches
+            return
         ds = _EpochStream(self, epoch, start)
         kw = dict(num_workers=self.num_workers, batch_size=None, collate_fn=_identity)
         if self.num_workers > 0:

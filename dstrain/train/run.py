@@ -396,7 +396,16 @@ class Trainer:
         """Endless micro-batches. The loader moves to the next epoch (new shuffle) by itself and remembers
         its position in `state_dict()`, so a resumed run continues after the last consumed batch."""
         while True:
-            yield from self.loader
+            it = iter(self.loader)
+            # Creating a DataLoader iterator draws a seed from the global torch RNG. A resumed run creates
+            # one mid-epoch, an uninterrupted one does not, so keep that draw out of the dropout stream.
+            with torch.random.fork_rng(devices=[]):
+                first = next(it, None)
+            if first is None:
+                raise UserError(f"--data {self.cfg.data}: the train split yields no batch of "
+                                f"{self.micro} sequences per rank; lower --micro_batch_size_per_gpu")
+            yield first
+            yield from it
 
     # -------------------------------------------------------------- eval
     @torch.no_grad()

@@ -80,6 +80,11 @@ def test_grid_every_figure_sane_and_twice_the_layers_slower(tiny, tmp_path):
     for r in rows:
         if r["model"] == "deep":
             assert r["speedup_vs_ref"] == pytest.approx(1.0)
+        if r["model"] == "deep" and r["precision"] == "fp32":
+            assert r["speedup_vs_ref_fp32"] == pytest.approx(1.0)
+        assert r["speedup_vs_ref_fp32"] > 0  # every precision also against the fp32 reference
+    assert [(r["precision"], r["seq_len"], r["batch_size"], r["model"]) for r in rows][:4] == [
+        ("fp32", 64, 1, "deep"), ("fp32", 64, 1, "shallow"), ("fp32", 64, 2, "deep"), ("fp32", 64, 2, "shallow")]
     # twice the layers, same width, same inputs, timed alternately: deep must be clearly slower in fp32
     for seq in (64, 256):
         d, s = [next(r for r in rows if r["model"] == name and r["precision"] == "fp32" and r["seq_len"] == seq

