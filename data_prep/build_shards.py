@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import logging
 import math
@@ -395,13 +396,40 @@ def build_shards(**kwargs) -> dict[str, Any]:
         raise UserError(f"--tokenizer {cfg.tokenizer}: only fast (tokenizers-backed) tokenizers are supported")
     tinfo = tokenizer_info(hf_tok, cfg.tokenizer)
     dtype = choose_dtype(cfg.dtype, tinfo["vocab_size"], cfg.tokenizer)
-    np_dtype = np.dtype(dtype)
+
+    # Open the inputs (a hub dataset, the first file and line) before the output folder is touched.
+    stats = ReadStats()
+    docs = documents(cfg.inputs, doc_mode=cfg.doc_mode, text_field=cfg.text_field, hf_config=cfg.hf_config,
+                     hf_split=cfg.hf_split, encoding_errors=cfg.encoding_errors, stats=stats,
+                     max_documents=cfg.max_documents)
+    first = next(docs, None)
+    if first is None:
+        raise UserError(f"--inputs {cfg.inputs}: no documents found (empty files?); nothing to build. "
+                        f"({stats.empty_documents} empty documents, {stats.files} inputs)")
+    docs = itertools.chain([first], docs)
 
     if state in ("crashed", "replace"):
         log.warning("%s: %s; removing it and building again", out,
                     "found an incomplete build from an interrupted run (no complete manifest.json)"
                     if state == "crashed" else "replacing the earlier build (--overwrite true)")
         _clean_ours(out)
+    existed = out.exists()
+    try:
+        return _write_output(cfg, out, docs, stats, hf_tok, tinfo, dtype)
+    except UserError:
+        # A bad input found mid-way (say line 10**6 of a JSONL file): leave no half-written folder behind.
+        _clean_ours(out)
+        if not existed and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _write_output(cfg: BuildShardsConfig, out: Path, docs: Iterator[str], stats, hf_tok, tinfo: dict[str, Any],
+                  dtype: str) -> dict[str, Any]:
+    """Steps 1-4 of the module docstring, into `out` (checked and prepared by build_shards)."""
+    from tqdm import tqdm
+
+    np_dtype = np.dtype(dtype)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text(f"build_shards started {time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()}\n")
     tmp = out / TMP_DIR
@@ -409,18 +437,12 @@ def build_shards(**kwargs) -> dict[str, Any]:
     t0, c0 = time.time(), time.process_time()
 
     # 1. tokenize in task order into one temporary ragged file
-    stats = ReadStats()
-    docs = documents(cfg.inputs, doc_mode=cfg.doc_mode, text_field=cfg.text_field, hf_config=cfg.hf_config,
-                     hf_split=cfg.hf_split, encoding_errors=cfg.encoding_errors, stats=stats,
-                     max_documents=cfg.max_documents)
     params = {"max_seq_len": cfg.max_seq_len, "min_seq_len": cfg.min_seq_len, "max_unk_fraction": cfg.max_unk_fraction,
               "cls_id": tinfo["cls_token_id"], "sep_id": tinfo["sep_token_id"], "unk_id": tinfo["unk_token_id"]}
     tok_json = hf_tok.backend_tokenizer.to_str()
     cleaning = {"sequences": 0, "dropped_short": 0, "dropped_unk": 0, "split_documents": 0}
     writer = RaggedWriter(tmp / "tokens", np_dtype)
     total_tokens = 0
-    from tqdm import tqdm
-
     bar = tqdm(desc="tokenizing", unit="doc", disable=not cfg.progress, mininterval=1.0, file=sys.stderr)
     pool = None
     try:

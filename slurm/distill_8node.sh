@@ -96,7 +96,7 @@ log "follow it: tensorboard --logdir $RUN_DIR/tb  (or --logdir on the runs folde
 run_step srun --nodes="$NODES" --ntasks-per-node=1 --cpus-per-task="$CPUS_PER_NODE" --kill-on-bad-exit=1 \
   "${launch_prefix[@]}" \
   "$PYTHON" -m torch.distributed.run \
-    --nnodes="$NODES" --nproc-per-node="$GPUS_PER_NODE" --max-restarts=0 \
+    --nnodes="$NODES" --nproc-per-node="$GPUS_PER_NODE" --max-restarts=0 "${torchrun_signals[@]}" \
     --rdzv-backend=c10d --rdzv-endpoint="$HEAD_NODE:$MASTER_PORT" --rdzv-id="$SLURM_JOB_ID" \
     dstrain/cli.py "$COMMAND" "${teacher_args[@]}" --data "$DATA" --ds_config "$DS_CONFIG" \
     --out_dir "$RUN_DIR" --resume "$RESUME" "$@"

@@ -112,8 +112,8 @@ finish_or_requeue() {  # finish_or_requeue RUN_DIR
 # are inherited across exec, also by the ranks until the trainer installs its handlers). Slurm delivers
 # signals to every process of the step, ranks included, so the launcher has nothing to forward; ignoring
 # them keeps it from killing ranks that are still writing their checkpoint.
-# TORCHELASTIC_SIGNALS_TO_HANDLE stops torchrun from installing its own SIGTERM handler over that.
 launch_prefix=(bash -c 'trap "" USR1 TERM
 echo "[dstrain-slurm] node $(hostname) (SLURM_NODEID=$SLURM_NODEID) starts its ranks"
 exec "$@"' dstrain-launch)
-export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGINT,SIGHUP,SIGQUIT
+# ... and torchrun must not install its own SIGTERM handler over that (its default list has SIGTERM).
+torchrun_signals=(--signals-to-handle=SIGINT,SIGHUP,SIGQUIT)

@@ -114,7 +114,6 @@ class _EpochStream(torch.utils.data.IterableDataset):
         self.loader, self.epoch, self.start = loader, epoch, start
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        L = self.loader
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         if info is not None:

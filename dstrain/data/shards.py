@@ -169,8 +169,8 @@ class ShardSet:
         return read_shard(self.root / entry["name"], entry, self.vocab_size, self.max_seq_len, on_bad_sample)
 
 
-REBUILD_HINT = ("Rebuild the folder with data_prep/build_shards.py, or open it with strict=False "
-                "(trainer: --data_strict false) to skip bad shards")
+REBUILD_HINT = ("Rebuild the folder with data_prep/build_shards.py, or skip bad shards and samples with "
+                "strict=False (distill/pretrain: --strict_data false)")
 
 
 def _list_bad(bad: dict[str, str], n: int = 5) -> str:

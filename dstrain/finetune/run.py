@@ -298,6 +298,13 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(f"--model {cfg.model}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary "
                         f"is {model.config.vocab_size}; pass the --tokenizer the model was trained with")
+    # RoBERTa-style models offset positions by padding_idx + 1, so they hold two fewer positions.
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions and getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        positions -= 2
+    if positions and cfg.seq_len() > positions:
+        raise UserError(f"--max_seq_length {cfg.seq_len()}: the model {cfg.model} has only {positions} positions; "
+                        f"pass --max_seq_length {positions} or less")
     keys = _model_input_keys(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -343,6 +350,10 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
         from torch.utils.tensorboard import SummaryWriter
 
         run_dir.mkdir(parents=True, exist_ok=True)
+        # All checks passed and output starts now: an old metrics.json (--overwrite) would make this
+        # half-done rerun look finished.
+        for old in {run_dir / "metrics.json", Path(cfg.out_dir) / "metrics.json"}:
+            old.unlink(missing_ok=True)
         atomic_write_json(run_dir / "config.json", dict(config_to_dict(cfg), seed=seed, world_size=dist.world_size,
                                                          micro_batch_size_per_gpu=micro, grad_accum_steps=accum,
                                                          global_batch_size=global_bs, precision=precision,
@@ -528,9 +539,6 @@ def finetune(**kwargs):
     data = prepare_data(cfg, task, tokenizer)  # all bad-input errors surface here, before any output
     dist = init_distributed()
     setup_logging(dist.rank)
-    if dist.is_main and cfg.overwrite:
-        # An old metrics.json would make a half-done rerun look finished.
-        (out / "metrics.json").unlink(missing_ok=True)
     ds_path = cfg.ds_config or str(ROOT / "ds_configs" / (
         "finetune_gpu.json" if dist.device.type == "cuda" else "finetune_cpu.json"))
     ds_base = load_ds_config(ds_path)

@@ -14,10 +14,13 @@ import csv
 import dataclasses
 import difflib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from dstrain.config import UserError
+
+log = logging.getLogger("dstrain.finetune")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,13 +160,20 @@ def _rows_tsv(path: Path, task: TaskSpec):
             a_i, b_i, y_i = a_col, b_col, y_col
             first = 1
         need = max(i for i in (a_i, b_i, y_i) if i is not None) + 1
+        skipped = 0
         for line, row in enumerate(reader, start=first):
             if not row:
+                continue
+            if len(row) < need and task.name == "qqp":
+                # The distributed QQP train.tsv has a few broken lines; GLUE's own processor skips them too.
+                skipped += 1
                 continue
             if len(row) < need:
                 raise UserError(f"{path} line {line}: {len(row)} tab-separated field(s), a {task.name} row needs "
                                 f"at least {need}")
             yield line, row[a_i], (row[b_i] if b_i is not None else None), row[y_i]
+        if skipped:
+            log.warning("%s: skipped %d line(s) with too few fields (as GLUE's QQP processor does)", path, skipped)
 
 
 def _rows_records(path: Path, task: TaskSpec):

@@ -130,13 +130,6 @@ def run_steps(steps: list[Step], run_dir: Path, *, jobs: int, threads: int,
     env = step_env(threads)
     try:
         while pending or running:
-            if not failed:
-                for s in list(pending):
-                    if len(running) >= jobs:
-                        break
-                    if all(records.get(n, {}).get("returncode") == 0 for n in s.needs):
-                        pending.remove(s)
-                        running[s.name] = _start(s, run_dir, env, log)
             for name, (proc, t0, fh) in list(running.items()):
                 rc = proc.poll()
                 if rc is None:
@@ -157,6 +150,13 @@ def run_steps(steps: list[Step], run_dir: Path, *, jobs: int, threads: int,
                     failed.append(name)
                     log(f"[study] {name}: FAILED (exit {rc}) after {wall:.1f} s; "
                         f"see {run_dir / 'logs' / (name + '.log')}")
+            if not failed:
+                for s in list(pending):
+                    if len(running) >= jobs:
+                        break
+                    if all(records.get(n, {}).get("returncode") == 0 for n in s.needs):
+                        pending.remove(s)
+                        running[s.name] = _start(s, run_dir, env, log)
             if failed and not running:
                 break
             if not failed and pending and not running:

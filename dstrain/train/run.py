@@ -53,7 +53,7 @@ class TrainConfig:
     precision: str = opt("config", "config (use the DeepSpeed file), fp16, bf16 or fp32; fp16 becomes bf16 on CPU")
     max_steps: int = opt(1000, "optimizer steps (each = grad_accum_steps micro-batches per rank)")
     seed: int = opt(42, "seed for init, dropout, shuffling and masking")
-    micro_batch_size_per_gpu: int | None = opt(None, "sequences per rank per micro-step (derived if omitted)")
+    micro_batch_size_per_gpu: int | None = opt(None, "sequences per rank per micro-step (derived from the others; 8 if no batch size is given)")
     grad_accum_steps: int | None = opt(None, "micro-steps per optimizer step (derived if omitted)")
     global_batch_size: int | None = opt(None, "sequences per optimizer step = micro x accumulation x world size")
     lr: float = opt(5e-4, "peak learning rate (paper: 5e-4)")
@@ -275,7 +275,10 @@ class Trainer:
         world, rank = _world_from_env()
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
         ds_file = load_ds_config(_resolve_path(cfg.ds_config))
-        m, a, g = derive_batch(cfg.micro_batch_size_per_gpu, cfg.grad_accum_steps, cfg.global_batch_size, world)
+        micro = cfg.micro_batch_size_per_gpu
+        if micro is None and cfg.global_batch_size is None:
+            micro = 8  # nothing given: a micro-batch that fits any GPU with a BERT-base teacher at seq 512
+        m, a, g = derive_batch(micro, cfg.grad_accum_steps, cfg.global_batch_size, world)
         self.ds_cfg, self.precision = resolve_ds_config(
             ds_file, micro_batch_size_per_gpu=m, grad_accum_steps=a, global_batch_size=g, precision=cfg.precision,
             device_type=device_type, gradient_clipping=cfg.grad_clip)

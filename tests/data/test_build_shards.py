@@ -139,6 +139,10 @@ def test_input_formats_text_blank_line_jsonl_and_saved_hf_dataset(tmp_path, tiny
     assert all_sequences(tmp_path / "hfout", "train") and m_hf["cleaning"]["documents"] == 5
     assert sorted(all_sequences(tmp_path / "hfout", "train")) == sorted(
         all_sequences(tmp_path / "json", "train") + all_sequences(tmp_path / "json", "val"))
+    # a hub dataset that cannot be reached (tests run offline): named, with the fix, and no folder left
+    with pytest.raises(UserError, match=r"--inputs hf:wikipedia \(config '20231101.en', split 'train'\): cannot load"):
+        build(tmp_path / "hub", tiny_tokenizer_dir, "hf:wikipedia", hf_config="20231101.en")
+    assert not (tmp_path / "hub").exists()
 
 
 def test_rerun_crash_and_foreign_folder(tmp_path, tiny_tokenizer_dir, capsys):
@@ -205,6 +209,12 @@ def test_bad_inputs_give_clear_errors(tmp_path, tiny_tokenizer_dir):
     assert m["cleaning"]["undecodable_lines"] == 1 and m["cleaning"]["kept"] == 3
     with pytest.raises(UserError, match=r"bad.txt line 2: bytes that are not valid UTF-8"):
         build(tmp_path / "o7", tiny_tokenizer_dir, str(tmp_path / "bad.txt"), encoding_errors="strict")
+
+    # a bad line deep in the input: a clear error and no half-written output folder
+    (tmp_path / "late.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for _ in range(300)) + "{oops\n")
+    with pytest.raises(UserError, match=r"late.jsonl line 301: not valid JSON"):
+        build(tmp_path / "o9", tiny_tokenizer_dir, str(tmp_path / "late.jsonl"), docs_per_task=8)
+    assert not (tmp_path / "o9").exists()
 
     unreadable = tmp_path / "locked.txt"
     unreadable.write_text(text)

@@ -147,3 +147,8 @@ def test_bad_input_on_the_command_line_fails_before_any_output(tiny_bert_dir, ss
     proc = run_cli("finetune", "--model", str(tiny_bert_dir), "--task", "sst2", "--data_dir", str(sst2_dir),
                    "--out_dir", str(out), check=False)
     assert proc.returncode == 2 and "already holds a finished run" in proc.stderr
+    before = (out / "metrics.json").read_text()
+    proc = run_cli("finetune", "--model", str(tiny_bert_dir), "--task", "sst2", "--data_dir", str(sst2_dir),
+                   "--out_dir", str(out), "--overwrite", "true", "--max_seq_length", "256", check=False)
+    assert proc.returncode == 2 and "--max_seq_length 256: the model" in proc.stderr and "128 positions" in proc.stderr
+    assert (out / "metrics.json").read_text() == before  # a refused rerun leaves the old results alone

@@ -362,17 +362,20 @@ class LocalSlurmCluster:
 
     # ---- teardown -------------------------------------------------------------------------------------
     def _our_job_pids(self) -> list[int]:
-        """Processes started under this cluster: SLURM_CONF in their environment, or in our namespaces."""
+        """Job processes of this cluster: step daemons and tasks (SLURM_CONF=ours and a job id in their
+        environment), or anything left in our namespaces. Not slurmctld's helper (slurmscriptd): it goes
+        with slurmctld."""
         mine = f"SLURM_CONF={self.conf}".encode()
         out = []
         for p in Path("/proc").iterdir():
             if not p.name.isdigit() or int(p.name) == os.getpid():
                 continue
             try:
-                env = (p / "environ").read_bytes()
+                env = (p / "environ").read_bytes().split(b"\0")
+                cmd = (p / "cmdline").read_bytes()
             except OSError:
                 continue
-            if mine in env.split(b"\0"):
+            if mine in env and (cmd.startswith(b"slurmstepd") or any(e.startswith(b"SLURM_JOB_ID=") for e in env)):
                 out.append(int(p.name))
         for ns in self.netns:
             r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
