@@ -79,8 +79,10 @@ def init_distributed(timeout_minutes: float = 30.0) -> Dist:
     """
     import torch
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    # DS_ACCELERATOR=cpu forces the CPU path even on a GPU host (the tests do this); no CUDA implies it.
+    use_cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
+    if not use_cuda:
+        os.environ["DS_ACCELERATOR"] = "cpu"
     if "RANK" not in os.environ and "SLURM_PROCID" in os.environ and "WORLD_SIZE" not in os.environ:
         # `srun python dstrain/cli.py ...` with one task per rank: translate Slurm's variables.
         os.environ["RANK"] = os.environ["SLURM_PROCID"]
@@ -102,7 +104,7 @@ def init_distributed(timeout_minutes: float = 30.0) -> Dist:
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    if use_cuda:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
         backend = "nccl"

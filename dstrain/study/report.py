@@ -111,7 +111,7 @@ def collect(run_dir: Path, cfg, steps, records) -> dict[str, Any]:
         models[name] = {
             "mlm_loss": m.get(f"{prefix}mlm_loss"), "mlm_acc": m.get(f"{prefix}mlm_acc"),
             "teacher_mlm_loss": m.get("teacher_mlm_loss"), "teacher_mlm_acc": m.get("teacher_mlm_acc"),
-            "params": _count_params(run_dir / name / "student"), "genre": _finetune_result(run_dir, f"finetune_{name}"),
+            "params": _count_params(run_dir / name / "student"), "genre": _finetune_result(run_dir, name),
             "curves": read_scalars(run_dir / name), "steps": m.get("step"),
             "tokens_seen": m.get("tokens_seen"),
         }
@@ -199,31 +199,6 @@ def _figures(run_dir: Path, data: dict) -> list[tuple[str, str]]:
 
 
 # ------------------------------------------------------------------------------------------------ report
-
-
-def _bench_rows(bench: dict | None) -> tuple[list[str], dict]:
-    """Rows of the size/speed table from benchmark.json, whatever its exact nesting: we look for per-model
-    entries with params and latency figures."""
-    if not bench:
-        return ["benchmark.json is missing"], {}
-    lines, facts = [], {}
-    models = bench.get("models") or []
-    results = bench.get("results") or bench.get("inference") or []
-    lines.append("| model | parameters | without embeddings | on disk (MB) |")
-    lines.append("|---|---|---|---|")
-    for m in models if isinstance(models, list) else []:
-        size = m.get("size", m)
-        lines.append(f"| {Path(str(m.get('name', m.get('path', '?')))).parent.name or m.get('name')} | "
-                     f"{size.get('params', 'n/a'):,} | {size.get('params_no_embeddings', 'n/a'):,} | "
-                     f"{_fmt((size.get('disk_bytes') or 0) / 1e6, 2)} |" if isinstance(size.get('params'), int)
-                     else f"| {m.get('name')} | n/a | n/a | n/a |")
-    lines.append("")
-    lines.append("| seq len | batch | precision | teacher p50 (ms) | student p50 (ms) | student speedup |")
-    lines.append("|---|---|---|---|---|---|")
-    for r in results if isinstance(results, list) else []:
-        if not isinstance(r, dict) or "speedup" not in r and "speedups" not in r:
-            continue
-    return lines, facts
 
 
 def write_report(run_dir: Path, cfg, steps, records) -> str:
@@ -371,5 +346,37 @@ def _speed_section(bench: dict | None) -> list[str]:
 
 
 def _bench_table(bench: dict) -> list[str]:
-    """Placeholder until the benchmark's JSON layout is known; replaced below."""
-    return ["```json", json.dumps(bench, indent=1)[:3000], "```"]
+    """Size and latency rows from benchmark.json (first model = teacher, the reference; second = student)."""
+    ms = bench.get("models") or []
+    if len(ms) < 2:
+        return ["benchmark.json holds fewer than two models."]
+    t, s = ms[0], ms[1]
+    label = {t["name"]: "teacher", s["name"]: "student"}
+    L = ["| model | layers | parameters | without embeddings | on disk (MB) |", "|---|---|---|---|---|"]
+    for m in (t, s):
+        L.append(f"| {label[m['name']]} | {m.get('num_layers')} | {m.get('params_total', 0):,} | "
+                 f"{m.get('params_non_embedding', 0):,} | {m.get('disk_bytes', 0) / 1e6:.2f} |")
+    pt, ps = t.get("params_total"), s.get("params_total")
+    if pt and ps:
+        L.append(f"| **student / teacher** | | **{100 * ps / pt:.0f}%** ({100 * (1 - ps / pt):.0f}% smaller) | "
+                 f"{100 * s.get('params_non_embedding', 0) / max(1, t.get('params_non_embedding', 1)):.0f}% | |")
+    L += ["", f"Paper: {PAPER_SIZE['params_teacher_m']}M vs {PAPER_SIZE['params_student_m']}M parameters (40% smaller); "
+              f"CPU inference at batch 1 {PAPER_SIZE['cpu_speedup']}x faster. Here the embeddings are a larger share "
+              "of a tiny model, so the parameter saving is smaller than the layer saving.", "",
+          f"Inference on {bench.get('device', '?')} ({(bench.get('machine') or {}).get('cpu_model', '')}), "
+          f"{(bench.get('config') or {}).get('threads') or 'default'} thread(s), median of "
+          f"{(bench.get('config') or {}).get('repeats')} alternating rounds:", "",
+          "| seq len | batch | precision | teacher p50 (ms) | student p50 (ms) | student p90 (ms) | speedup |",
+          "|---|---|---|---|---|---|---|"]
+    rows = bench.get("inference") or []
+    key = lambda r: (r.get("seq_len"), r.get("batch_size"), r.get("precision"))
+    teacher_rows = {key(r): r for r in rows if r.get("model") == t["name"]}
+    for r in rows:
+        if r.get("model") != s["name"]:
+            continue
+        tr = teacher_rows.get(key(r), {})
+        L.append(f"| {r.get('seq_len')} | {r.get('batch_size')} | {r.get('precision')} | {_fmt(tr.get('p50_ms'), 2)} | "
+                 f"{_fmt(r.get('p50_ms'), 2)} | {_fmt(r.get('p90_ms'), 2)} | "
+                 f"{_fmt(r.get('speedup_vs_ref'), 2)}x |")
+    L += ["", "Figures: `benchmark/benchmark.png`; every figure and the machine: `benchmark/benchmark.json`."]
+    return L

@@ -13,8 +13,9 @@ written into the report and RUN/steps/NAME.json:
      student-sized model with MLM alone (no teacher)          -> RUN/ablation_*
   5. finetune shakespeare_genre, several seeds (median)       -> RUN/finetune/NAME
   6. benchmark teacher vs student                             -> RUN/benchmark
-A rerun skips finished steps (so the teacher is reused); steps run two at a time with one thread each,
-so a given seed gives the same numbers however busy the machine is.
+A rerun skips finished steps (so the teacher is reused); steps run two at a time with one thread each (the
+teacher and the benchmark alone with two), a fixed layout, so a given seed gives the same numbers
+however busy the machine is.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ FULL = dict(
     vocab_size=3000, max_seq_len=64, teacher_layers=4, hidden_size=128, num_heads=4, intermediate_size=512,
     teacher_steps=600, student_steps=300, global_batch_size=32, teacher_lr=1e-3, student_lr=1e-3,
     eval_every=100, eval_batches=12, val_fraction=0.02,
-    finetune_seeds=3, finetune_lr=1e-3, finetune_epochs=3.0, finetune_max_seq_length=64,
+    finetune_seeds=3, finetune_lr=3e-4, finetune_epochs=3.0, finetune_max_seq_length=64,
     finetune_train_examples=2000, finetune_eval_examples=1000,
     bench_seq_lens="64,128", bench_batch_sizes="1,8", bench_repeats=10,
 )
@@ -84,6 +85,7 @@ class StudyConfig:
     temperature: float = opt(2.0, "distillation temperature T")
     restrict_ce_to_mask: bool = opt(False, "KL on masked positions only (default: every token, as the paper)")
     layer_map: str = opt("even", "teacher layers copied into the student (distill --layer_map)")
+    until: str = opt("", "run only this step and the steps it needs (e.g. teacher), then stop without a report")
     vocab_size: int | None = _preset("WordPiece vocabulary size", "vocab_size")
     max_seq_len: int | None = _preset("tokens per pretraining sequence", "max_seq_len")
     teacher_layers: int | None = _preset("teacher depth (the student gets half)", "teacher_layers")
@@ -164,7 +166,9 @@ def plan(cfg: StudyConfig, run_dir: Path) -> list[Step]:
                                   "--num_layers", str(cfg.teacher_layers), *size, "--max_steps",
                                   str(cfg.teacher_steps), "--lr", str(cfg.teacher_lr)],
                       R / "teacher", "metrics.json", needs=["shards"], resumable=True,
-                      what=f"teacher: BERT {cfg.teacher_layers} layers, MLM only"))
+                      what=f"teacher: BERT {cfg.teacher_layers} layers, MLM only",
+                      # every later step waits for the teacher: give it all the study's cores
+                      threads=cfg.jobs * cfg.threads, exclusive=True))
     distill = ["dstrain/cli.py", "distill", "--teacher", str(R / "teacher" / "student"), *common,
                "--max_steps", str(cfg.student_steps), "--lr", str(cfg.student_lr), "--temperature",
                str(cfg.temperature), "--restrict_ce_to_mask", str(cfg.restrict_ce_to_mask).lower(),
@@ -200,12 +204,26 @@ def plan(cfg: StudyConfig, run_dir: Path) -> list[Step]:
     # alternately anyway).
     steps.append(Step("benchmark", [
         "dstrain/cli.py", "benchmark", "--models", f"{R / 'teacher' / 'student'},{R / 'student' / 'student'}",
-        "--out_dir", str(R / "benchmark"), "--device", "cpu", "--threads", str(cfg.threads),
+        "--out_dir", str(R / "benchmark"), "--device", "cpu", "--threads", str(cfg.jobs * cfg.threads),
         "--seq_lens", cfg.bench_seq_lens, "--batch_sizes", cfg.bench_batch_sizes, "--repeats",
         str(cfg.bench_repeats), "--seed", str(cfg.seed)],
         R / "benchmark", "benchmark.json", needs=[s.name for s in steps if s.name != "tokenizer"],
-        what="size and speed, teacher vs student"))
+        what="size and speed, teacher vs student", threads=cfg.jobs * cfg.threads, exclusive=True))
     return steps
+
+
+def _needed(steps: list[Step], until: str) -> list[Step]:
+    """`until` and every step it depends on, in plan order."""
+    by_name = {s.name: s for s in steps}
+    if until not in by_name:
+        raise ConfigError(f"--until {until}: no such step; the steps are {', '.join(by_name)}")
+    keep, todo = set(), [until]
+    while todo:
+        n = todo.pop()
+        if n not in keep:
+            keep.add(n)
+            todo += by_name[n].needs
+    return [s for s in steps if s.name in keep]
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
@@ -224,6 +242,8 @@ def study(**kwargs):
     run_dir = Path(cfg.out_dir).resolve()
     _prepare_run_dir(run_dir)
     steps = plan(cfg, run_dir)
+    if cfg.until:
+        steps = _needed(steps, cfg.until)
     check_cache(steps, run_dir)  # refuse changed settings before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     meta_path = run_dir / "study.json"
@@ -237,6 +257,9 @@ def study(**kwargs):
     meta["wall_s_this_invocation"] = round(time.time() - t0, 1)
     meta["steps"] = [s.name for s in steps]
     atomic_write_json(meta_path, meta)
+    if cfg.until:
+        print(f"study: stopped after step `{cfg.until}` (--until); no report written", flush=True)
+        return None
 
     from dstrain.study.report import write_report
 

@@ -42,6 +42,8 @@ class Step:
     needs: list[str] = dataclasses.field(default_factory=list)
     resumable: bool = False   # a half-done output folder is continued (trainers' --resume auto), not removed
     what: str = ""            # one line for the report: what this step is
+    threads: int | None = None  # torch threads of this step (None: the runner's default)
+    exclusive: bool = False   # run alone (the critical-path teacher, the timed benchmark)
 
     def done(self) -> bool:
         return (self.out / self.done_file).is_file()
@@ -127,7 +129,6 @@ def run_steps(steps: list[Step], run_dir: Path, *, jobs: int, threads: int,
     pending = [s for s in steps if state[s.name] == "run"]
     running: dict[str, tuple[subprocess.Popen, float, object]] = {}
     failed: list[str] = []
-    env = step_env(threads)
     try:
         while pending or running:
             for name, (proc, t0, fh) in list(running.items()):
@@ -138,7 +139,7 @@ def run_steps(steps: list[Step], run_dir: Path, *, jobs: int, threads: int,
                 del running[name]
                 s, wall = by_name[name], time.time() - t0
                 rec = {"name": name, "argv": s.argv, "command": s.shell(run_dir), "returncode": rc,
-                       "wall_s": round(wall, 2), "threads": threads,
+                       "wall_s": round(wall, 2), "threads": s.threads or threads,
                        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "cached": False}
                 if rc == 0 and not s.done():
                     rec.update(returncode=-1, error=f"exited 0 but did not write {s.done_file}")
@@ -152,11 +153,15 @@ def run_steps(steps: list[Step], run_dir: Path, *, jobs: int, threads: int,
                         f"see {run_dir / 'logs' / (name + '.log')}")
             if not failed:
                 for s in list(pending):
-                    if len(running) >= jobs:
+                    if len(running) >= jobs or any(by_name[n].exclusive for n in running):
                         break
+                    if s.exclusive and running:
+                        continue
                     if all(records.get(n, {}).get("returncode") == 0 for n in s.needs):
                         pending.remove(s)
-                        running[s.name] = _start(s, run_dir, env, log)
+                        running[s.name] = _start(s, run_dir, step_env(s.threads or threads), log)
+                        if s.exclusive:
+                            break
             if failed and not running:
                 break
             if not failed and pending and not running:

@@ -1,0 +1,154 @@
+"""`study --quick` end to end as a user runs it: real subprocesses of every public command, real shards,
+real DeepSpeed runs, real TensorBoard files, then REPORT.md and the figures; rerun caching; determinism.
+
+The quick study runs once per module (about 2-3 minutes on 2 idle cores); the other tests reuse its folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.launch import run_cli
+
+STEPS = ["tokenizer", "shards", "teacher", "student", "ablation_no_kl", "ablation_no_cos", "ablation_no_mlm",
+         "ablation_random_init", "ablation_mlm_only", "finetune_teacher", "finetune_student",
+         "finetune_ablation_no_kl", "finetune_ablation_no_cos", "finetune_ablation_no_mlm",
+         "finetune_ablation_random_init", "finetune_ablation_mlm_only", "benchmark"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[Path, float, str]:
+    run = tmp_path_factory.mktemp("study") / "quick"
+    t0 = time.time()
+    proc = run_cli("study", "--out_dir", str(run), "--quick", timeout=900)
+    return run, time.time() - t0, proc.stdout
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def test_quick_study_writes_a_full_report(quick_run):
+    run, wall, out = quick_run
+    report = (run / "REPORT.md").read_text()
+    # every step ran and left its record with the exact command line
+    for name in STEPS:
+        rec = json.loads((run / "steps" / f"{name}.json").read_text())
+        assert rec["returncode"] == 0, name
+        assert rec["command"] in report, f"command of {name} missing from the report"
+    # Table 1: numbers read from the runs' own files
+    t = json.loads((run / "teacher" / "metrics.json").read_text())
+    s = json.loads((run / "student" / "metrics.json").read_text())
+    ft_t = json.loads((run / "finetune" / "teacher" / "metrics.json").read_text())
+    ft_s = json.loads((run / "finetune" / "student" / "metrics.json").read_text())
+    assert f"{t['student_mlm_loss']:.3f}" in report and _pct(t["student_mlm_acc"]) in report
+    assert f"{s['student_mlm_loss']:.3f}" in report
+    assert _pct(ft_t["accuracy"]) in report and _pct(ft_s["accuracy"]) in report
+    keep = ft_s["accuracy"] / ft_t["accuracy"]
+    assert f"student keeps {100 * keep:.1f}% of the teacher" in report
+    assert len(ft_t["per_seed"]) == 2  # quick: 2 seeds, median reported
+    # the ablation table has a filled row per ablation, with the paper's number beside it
+    for label, paper in (("without L_ce", "-2.96"), ("without L_cos", "-1.46"), ("without L_mlm", "-0.31"),
+                         ("random initialisation", "-3.69"), ("MLM alone", "not in the paper")):
+        row = next(line for line in report.splitlines() if line.startswith(f"| {label}") or label in line.split("|")[1])
+        assert paper in row and "n/a" not in row, row
+    # size and speed come from benchmark.json
+    b = json.loads((run / "benchmark" / "benchmark.json").read_text())
+    assert f"{b['models'][0]['params_total']:,}" in report and f"{b['models'][1]['params_total']:,}" in report
+    assert re.search(r"\| 64 \| 1 \| fp32 \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \|", report)
+    # figures: real PNGs, linked from the report
+    for fig in ("loss_terms.png", "heldout_mlm.png", "genre.png"):
+        data = (run / "figures" / fig).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, fig
+        assert f"(figures/{fig})" in report
+    assert "tensorboard --logdir" in report and "QUICK" in report
+    assert "study: wrote" in out
+
+
+def test_curves_come_from_tensorboard_files(quick_run):
+    from dstrain.study.report import read_scalars
+
+    run = quick_run[0]
+    curves = read_scalars(run / "student")
+    for tag in ("train/loss_total", "train/loss_ce", "train/loss_mlm", "train/loss_cos", "eval/student_mlm_loss"):
+        assert curves.get(tag), tag
+    # the no-KL ablation logs its KL term as zero weight: the total differs from the full run's
+    no_kl = read_scalars(run / "ablation_no_kl")
+    assert no_kl["train/loss_total"] != curves["train/loss_total"]
+    steps = [s for s, _ in curves["train/loss_total"]]
+    assert steps == sorted(steps) and steps[-1] == 20  # quick: 20 student steps
+
+
+def test_rerun_skips_finished_steps(quick_run):
+    run = quick_run[0]
+    before = {n: (run / n / "metrics.json").stat().st_mtime_ns for n in ("teacher", "student")}
+    t0 = time.time()
+    proc = run_cli("study", "--out_dir", str(run), "--quick", timeout=300)
+    wall = time.time() - t0
+    for name in STEPS:
+        assert f"[study] {name}: finished earlier, skipped" in proc.stdout, name
+    assert "FAILED" not in proc.stdout and ": python " not in proc.stdout  # nothing was started
+    assert {n: (run / n / "metrics.json").stat().st_mtime_ns for n in before} == before
+    assert wall < 60, wall
+    assert "finished earlier" not in (run / "REPORT.md").read_text() and "cached" in (run / "REPORT.md").read_text()
+
+
+def test_changed_settings_are_refused_before_anything_runs(quick_run):
+    run = quick_run[0]
+    before = sorted(p.name for p in run.iterdir())
+    proc = run_cli("study", "--out_dir", str(run), "--quick", "--teacher_steps", "31", check=False, timeout=120)
+    assert proc.returncode == 2
+    assert "teacher" in proc.stderr and "other settings" in proc.stderr and "new --out_dir" in proc.stderr
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_same_seed_gives_the_same_teacher(quick_run, tmp_path):
+    """Determinism: a second study folder with the same seed (reusing the cached tokenizer and shards)
+    trains a teacher with bit-identical weights and the same held-out metrics."""
+    run = quick_run[0]
+    other = tmp_path / "again"
+    other.mkdir()
+    for d in ("tokenizer", "shards"):
+        shutil.copytree(run / d, other / d)
+    (other / "steps").mkdir()
+    for d in ("tokenizer", "shards"):
+        rec = json.loads((run / "steps" / f"{d}.json").read_text())
+        rec["argv"] = [a.replace(str(run), str(other)) for a in rec["argv"]]
+        (other / "steps" / f"{d}.json").write_text(json.dumps(rec))
+    (other / "study.json").write_text("{}")
+    proc = run_cli("study", "--out_dir", str(other), "--quick", "--until", "teacher", timeout=300)
+    assert "[study] shards: finished earlier, skipped" in proc.stdout
+    assert "stopped after step `teacher`" in proc.stdout
+    a = json.loads((run / "teacher" / "metrics.json").read_text())
+    b = json.loads((other / "teacher" / "metrics.json").read_text())
+    assert a["student_mlm_loss"] == b["student_mlm_loss"] and a["student_mlm_acc"] == b["student_mlm_acc"]
+    wa = (run / "teacher" / "student" / "model.safetensors").read_bytes()
+    wb = (other / "teacher" / "student" / "model.safetensors").read_bytes()
+    assert wa == wb
+    assert not (other / "REPORT.md").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--ablations", "no_kl,bogus"], "--ablations: unknown ['bogus']"),
+    (["--teacher_layers", "3"], "--teacher_layers: must be an even number"),
+    (["--finetune_max_seq_length", "128"], "--finetune_max_seq_length: 128 is longer than"),
+    (["--until", "nothing"], "--until nothing: no such step"),
+    (["--teacher_step", "5"], "did you mean --teacher_steps"),
+])
+def test_bad_settings_are_clear_errors(tmp_path, args, needle):
+    proc = run_cli("study", "--out_dir", str(tmp_path / "r"), "--quick", *args, check=False, timeout=120)
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_refuses_a_folder_that_is_not_a_study(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    proc = run_cli("study", "--out_dir", str(tmp_path), "--quick", check=False, timeout=120)
+    assert proc.returncode == 2 and "not a study folder" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
