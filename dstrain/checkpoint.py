@@ -159,7 +159,16 @@ class Checkpointer:
     # ------------------------------------------------------------------ find / load
     def find_resume(self) -> str | None:
         """Tag of the newest verified complete checkpoint (decided on rank 0, same on all ranks)."""
-        return _broadcast(self._find_resume_local() if self.rank == 0 else None)
+        found: Any = None
+        if self.rank == 0:
+            try:
+                found = self._find_resume_local()
+            except UserError as e:  # raise on every rank, not only on rank 0 (the others would wait forever)
+                found = ("error", str(e))
+        found = _broadcast(found)
+        if isinstance(found, tuple):
+            raise UserError(found[1])
+        return found
 
     def _find_resume_local(self) -> str | None:
         if not self.root.is_dir():

@@ -1,0 +1,1 @@
+"""The distillation / pretraining trainer: `run.py` (commands), `step.py` (one micro-step), `throughput.py` (benchmark)."""

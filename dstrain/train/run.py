@@ -75,6 +75,7 @@ class TrainConfig:
     resume: str = opt("auto", "auto: continue from the newest complete checkpoint if any; true: must; false: never")
     max_bad_steps: int = opt(20, "stop after this many consecutive steps with a non-finite loss or a skip at the minimum fp16 loss scale")
     progress: bool = opt(True, "tqdm progress bar on rank 0")
+    dist_timeout_minutes: float = opt(30.0, "a collective that waits longer than this (a dead or stuck rank) fails the run")
 
     def validate(self) -> None:
         require(bool(self.data), "data", "is required: a shards folder from data_prep/build_shards.py")
@@ -95,6 +96,7 @@ class TrainConfig:
         require(self.keep_last >= 1, "keep_last", "must be >= 1 (the newest checkpoint is always kept)")
         require(self.resume in ("auto", "true", "false"), "resume", "must be auto, true or false")
         require(self.max_bad_steps >= 1, "max_bad_steps", "must be >= 1")
+        require(self.dist_timeout_minutes > 0, "dist_timeout_minutes", "must be > 0")
         require(self.precision in ("config", "fp16", "bf16", "fp32"), "precision", "must be config, fp16, bf16 or fp32")
 
 
@@ -237,7 +239,7 @@ def _to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor
 
 def _config_hash(d: dict[str, Any]) -> str:
     volatile = {"max_steps", "resume", "save_every", "keep_last", "log_every", "eval_every", "eval_batches",
-                "progress", "num_workers", "out_dir", "max_bad_steps"}
+                "progress", "num_workers", "out_dir", "max_bad_steps", "dist_timeout_minutes"}
     return hashlib.sha256(json.dumps({k: v for k, v in d.items() if k not in volatile}, sort_keys=True,
                                      default=str).encode()).hexdigest()[:16]
 
@@ -342,7 +344,7 @@ class Trainer:
         from dstrain.runtime import init_distributed, setup_logging
 
         cfg = self.cfg
-        self.dist = dist = init_distributed()
+        self.dist = dist = init_distributed(cfg.dist_timeout_minutes)
         setup_logging(dist.rank)
         self.device = dist.device
         self.resume_tag = self.ckpt.find_resume() if cfg.resume != "false" else None
@@ -494,7 +496,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         while step < cfg.max_steps:
-            inject = 0 <= nan_from <= step
+            inject = 0 <= nan_from <= step + 1  # step + 1 is the step being computed (as logged)
             acc = None
             ntok = 0
             for _ in range(self.accum):

@@ -304,8 +304,8 @@ class LocalSlurmCluster:
         raise RuntimeError(f"slurmctld not answering; see {self.root}/log/slurmctld.log")
 
     def _start_slurmds(self) -> None:
-        # Foreground (-D) children: their PIDs are known without pid files, and slurmd 22.05 started as
-        # a daemon from here failed to bind its port in a namespace ("Unable to resolve (null)").
+        # Foreground (-D) children: their PIDs are known exactly (nsenter, unshare and sh exec into
+        # slurmd) and we reap them on stop, so nothing depends on pid files or daemonizing.
         self.procs = []
         for i, name in enumerate(self.names, 1):
             (self.root / "spool" / name).mkdir(parents=True, exist_ok=True)
@@ -403,6 +403,11 @@ class LocalSlurmCluster:
                     time.sleep(0.5)
         _stop_pids(self._our_job_pids())
         _stop_pids(list(reversed(self.pids)))  # slurmds, slurmctld, then munged (if ours)
+        for proc in getattr(self, "procs", []):  # reap our slurmd children
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
         _stop_pids(self._our_job_pids(), grace=3)  # step daemons orphaned by slurmd
         self._remove_netns()
         self._hosts_edit(add=[])

@@ -12,6 +12,7 @@ cannot be installed, every test module here skips loudly at collection (see SLUR
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ def slurm_cluster(tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)  # configs and daemon logs; job logs live in each test's tmp_path
 
 
 @pytest.fixture(scope="session")

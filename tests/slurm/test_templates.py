@@ -90,29 +90,36 @@ def test_templates_have_strict_mode_and_no_cluster_specifics():
 
 
 def test_bad_input_fails_fast_with_a_message(slurm_cluster, tmp_path, tiny_teacher, tiny_shards_dir):
-    """Node count not matching the allocation, a missing DS config, a missing runs folder, RESUME=true on a
-    missing run folder, GPUS_PER_NODE above the allocation: each job fails in seconds, naming the input."""
-    cases = {
-        "nodes": ({"NODES": "2"}, ("--nodes=1",), "NODES=2 but this job was allocated 1 node"),
-        "ds_config": ({"DS_CONFIG": "ds_configs/nope.json"}, (), "DS_CONFIG=ds_configs/nope.json: no such file"),
-        "runs_dir": ({"RUNS_DIR": str(tmp_path / "missing")}, (), f"{tmp_path / 'missing'}: no such folder"),
-        "resume": ({"RESUME": "true", "RUN_DIR": str(tmp_path / "runs" / "gone")}, (),
+    """Node count not matching the allocation, a missing DS config / runs folder / shards / model, RESUME=true on
+    a missing run folder, GPUS_PER_NODE above the allocation, an array index beyond TASKS: each job fails in
+    seconds (exit 2) naming the input, and nothing is launched or written. Covers all three templates."""
+    d8, d1, ft = "slurm/distill_8node.sh", "slurm/distill_1node.sh", "slurm/finetune_glue.sh"
+    one = ("--nodes=1", "--gpus-per-node=2")
+    ft_sb = ("--array=0-0", "--cpus-per-task=1")
+    cases = {  # name: (template, env, sbatch args, expected message)
+        "nodes": (d8, {"NODES": "2"}, one, "NODES=2 but this job was allocated 1 node"),
+        "ds_config": (d8, {"DS_CONFIG": "ds_configs/nope.json"}, one, "DS_CONFIG=ds_configs/nope.json: no such file"),
+        "runs_dir": (d8, {"RUNS_DIR": str(tmp_path / "missing")}, one, f"{tmp_path / 'missing'}: no such folder"),
+        "resume": (d8, {"RESUME": "true", "RUN_DIR": str(tmp_path / "runs" / "gone")}, one,
                    "RESUME=true but the run folder"),
-        "gpus": ({"GPUS_PER_NODE": "4"}, (), "GPUS_PER_NODE=4 ranks per node but Slurm gave this job 2 GPU"),
-        "data": ({"DATA": str(tmp_path / "noshards")}, (), "noshards: no such folder (shards)"),
+        "gpus": (d8, {"GPUS_PER_NODE": "4"}, one, "GPUS_PER_NODE=4 ranks per node but Slurm gave this job 2 GPU"),
+        "data": (d8, {"DATA": str(tmp_path / "noshards")}, one, "noshards: no such folder (shards)"),
+        "1node": (d1, {"NODES": "3"}, ("--gpus-per-node=2",), "NODES=3 but this job was allocated 1 node"),
+        "ft_model": (ft, {}, ft_sb, "MODEL is not set"),
+        "ft_array": (ft, {"MODEL": str(tiny_teacher), "TASKS": "rte"}, ("--array=1-1", "--cpus-per-task=1"),
+                     "array index 1 but TASKS has 1 task(s)"),
     }
     jobs = {}
-    for name, (env, sb, _) in cases.items():
+    for name, (template, env, sb, _) in cases.items():
         env = {"TEACHER": str(tiny_teacher), "DATA": str(tiny_shards_dir), **env}
-        sb = sb or ("--nodes=1",)
-        jobs[name] = submit(slurm_cluster, tmp_path, "slurm/distill_8node.sh", "--max_steps", "2",
-                            sbatch=(*sb, "--gpus-per-node=2", f"--job-name=bad-{name}"), **env)
+        jobs[name] = submit(slurm_cluster, tmp_path, template, "--max_steps", "2",
+                            sbatch=(*sb, f"--job-name=bad-{name}"), **env)
     for name, (job, out) in jobs.items():
-        info = slurm_cluster.wait(job, timeout=60)
+        info = slurm_cluster.wait(job, timeout=90)
         log = log_of(out, job)
         assert info["JobState"] == "FAILED" and info["ExitCode"] == "2:0", (name, info["JobState"], log)
-        assert cases[name][2] in log, (name, log)
-        assert "starts its ranks" not in log, f"{name}: training was launched despite bad input"
+        assert cases[name][3] in log, (name, log)
+        assert "starts its ranks" not in log and "finetune " not in log, f"{name}: launched despite bad input"
         assert int(info["Restarts"]) == 0
     assert not any((tmp_path / "runs").iterdir()), "a failed check must not leave a run folder behind"
 

@@ -67,3 +67,16 @@ def test_rotation_keeps_last_k_complete(tmp_path):
     left = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert left == [step_tag(3), step_tag(4), step_tag(5)]
     assert json.loads((tmp_path / "checkpoints" / step_tag(4) / "COMPLETE").read_text())["step"] == 4
+
+
+def test_resume_refuses_another_teacher_or_tokenizer(caplog):
+    from dstrain.checkpoint import check_resume_compatible
+
+    saved = {"teacher_fingerprint": "t1", "tokenizer_fingerprint": "k1", "config_hash": "a", "config": {"lr": 1.0}}
+    with pytest.raises(UserError, match="different teacher .*Resume with the same --teacher"):
+        check_resume_compatible(saved, dict(saved, teacher_fingerprint="t2"), "ck")
+    with pytest.raises(UserError, match="different tokenizer"):
+        check_resume_compatible(saved, dict(saved, tokenizer_fingerprint="k2"), "ck")
+    with caplog.at_level(logging.WARNING, logger="dstrain"):
+        check_resume_compatible(saved, dict(saved, config_hash="b", config={"lr": 2.0}), "ck")
+    assert "changed settings: lr" in caplog.text

@@ -26,11 +26,12 @@ def scalars(run: Path) -> dict[str, dict[int, float]]:
     return {tag: {e.step: e.value for e in ea.Scalars(tag)} for tag in ea.Tags()["scalars"]}
 
 
-def distill_args(teacher, shards, out, ds_config="ds_configs/cpu_zero3.json", steps=8, *extra):
-    return ("distill", "--teacher", str(teacher), "--data", str(shards), "--out_dir", str(out),
-            "--ds_config", ds_config, "--max_steps", str(steps), "--micro_batch_size_per_gpu", "4",
-            "--grad_accum_steps", "2", "--lr", "3e-3", "--warmup_frac", "0.25", "--log_every", "1",
-            "--eval_every", "4", "--eval_batches", "2", "--save_every", "4", "--keep_last", "1", "--seed", "7", *extra)
+def distill_args(teacher, shards, out, ds_config="ds_configs/cpu_zero3.json", steps=8, **extra):
+    flags = dict(teacher=teacher, data=shards, out_dir=out, ds_config=ds_config, max_steps=steps,
+                 micro_batch_size_per_gpu=4, grad_accum_steps=2, lr=3e-3, warmup_frac=0.25, log_every=1,
+                 eval_every=4, eval_batches=2, save_every=4, keep_last=1, seed=7)
+    flags.update(extra)
+    return ("distill", *[x for k, v in flags.items() for x in (f"--{k}", str(v))])
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_zero3_two_ranks_outputs(zero3_run):
     assert {p.name for p in (ck / "step-00000008").glob("dstrain_rank*.pt")} == {"dstrain_rank000.pt", "dstrain_rank001.pt"}
 
 
-def test_export_loads_in_transformers(zero3_run):
+def test_export_loads_in_transformers(zero3_run, tiny_teacher_dir):
     import torch
     from transformers import AutoModelForMaskedLM, pipeline
 
@@ -76,11 +77,14 @@ def test_export_loads_in_transformers(zero3_run):
     fill = pipeline("fill-mask", model=str(out / "student"))
     preds = fill("the king is [MASK] .")
     assert len(preds) == 5 and all(0.0 <= p["score"] <= 1.0 for p in preds)
-    # the export is the trained fp32 weights, not the initial ones
-    from transformers import AutoModelForMaskedLM as A
+    # the export holds the trained fp32 weights, not the student's initial (teacher-copied) ones
+    from dstrain.models import build_student, load_teacher
 
-    init = A.from_pretrained(out / "student")
-    assert all(torch.isfinite(p).all() for p in init.parameters())
+    teacher = load_teacher(str(tiny_teacher_dir))
+    init, _ = build_student(teacher, teacher.config, None, "even", "teacher", 7)
+    trained = dict(model.named_parameters())
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in trained.values())
+    assert any(not torch.equal(p, trained[n]) for n, p in init.named_parameters())
 
 
 def test_preempt_then_resume_matches_uninterrupted(zero3_run, tmp_path, tiny_teacher_dir, tiny_shards_dir):
@@ -109,8 +113,7 @@ def test_preempt_then_resume_matches_uninterrupted(zero3_run, tmp_path, tiny_tea
 def test_zero2_two_ranks_masked_only_kl(tmp_path, tiny_teacher_dir, tiny_shards_dir):
     out = tmp_path / "run"
     run_cli(*distill_args(tiny_teacher_dir, tiny_shards_dir, out, "ds_configs/cpu_zero2.json", 6,
-                          "--restrict_ce_to_mask", "true", "--layer_map", "reference", "--student_init", "teacher"),
-            ranks=2)
+                          restrict_ce_to_mask="true", layer_map="reference", student_init="teacher"), ranks=2)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["deepspeed"]["zero_optimization"]["stage"] == 2 and cfg["layer_map_used"] == [0, 3]
     loss = scalars(out)["train/loss_total"]
@@ -124,7 +127,7 @@ def test_zero3_bf16_config_and_divergence_stop(tmp_path, tiny_teacher_dir, tiny_
     message, a diverged-* checkpoint, and `latest` still naming the last good one."""
     out = tmp_path / "run"
     args = distill_args(tiny_teacher_dir, tiny_shards_dir, out, "ds_configs/zero3_bf16.json", 8,
-                        "--save_every", "2", "--keep_last", "3", "--max_bad_steps", "2")
+                        save_every=2, keep_last=3, max_bad_steps=2)
     proc = run_cli(*args, env=cpu_env(DSTRAIN_FAULT_NAN_FROM_STEP="4"), check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "dstrain: error: training diverged: 2 consecutive steps (4..5)" in proc.stderr
