@@ -155,10 +155,11 @@ def plan(cfg: StudyConfig, run_dir: Path) -> list[Step]:
                         "--num_workers", "1", "--progress", "false"],
              shards, "manifest.json", needs=["tokenizer"], what="tokenized WebDataset shards (train/val)"),
     ]
+    # A checkpoint at every evaluation (only the last kept): a killed study continues its training steps.
     common = ["--data", str(shards), "--ds_config", cfg.ds_config, "--precision", cfg.precision,
               "--global_batch_size", str(cfg.global_batch_size), "--micro_batch_size_per_gpu",
               str(cfg.global_batch_size), "--seed", str(cfg.seed), "--eval_every", str(cfg.eval_every),
-              "--eval_batches", str(cfg.eval_batches), "--log_every", "5", "--save_every", "0",
+              "--eval_batches", str(cfg.eval_batches), "--log_every", "5", "--save_every", str(cfg.eval_every),
               "--keep_last", "1", "--progress", "false"]
     size = ["--hidden_size", str(cfg.hidden_size), "--num_heads", str(cfg.num_heads), "--intermediate_size",
             str(cfg.intermediate_size), "--max_position_embeddings", str(cfg.max_seq_len)]

@@ -132,14 +132,14 @@ def run_steps(steps: list[Step], run_dir: Path, *, jobs: int, threads: int,
     try:
         while pending or running:
             for name, (proc, t0, fh) in list(running.items()):
-                rc = proc.poll()
+                rc, cpu_s = _reap(proc)
                 if rc is None:
                     continue
                 fh.close()
                 del running[name]
                 s, wall = by_name[name], time.time() - t0
                 rec = {"name": name, "argv": s.argv, "command": s.shell(run_dir), "returncode": rc,
-                       "wall_s": round(wall, 2), "threads": s.threads or threads,
+                       "wall_s": round(wall, 2), "cpu_s": cpu_s, "threads": s.threads or threads,
                        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "cached": False}
                 if rc == 0 and not s.done():
                     rec.update(returncode=-1, error=f"exited 0 but did not write {s.done_file}")
@@ -184,6 +184,23 @@ def run_steps(steps: list[Step], run_dir: Path, *, jobs: int, threads: int,
             f"log: {logf}\n--- end of log ---\n{tail}\n--- fix the cause and rerun the same `study` command: "
             f"finished steps are skipped")
     return records
+
+
+def _reap(proc: subprocess.Popen) -> tuple[int | None, float | None]:
+    """(exit code, CPU seconds user+sys of the step and its children) once it ended, else (None, None).
+
+    The CPU time is what the step would take on an idle machine with one thread, whatever the load
+    while it ran, so the report can say both."""
+    if proc.returncode is not None:
+        return proc.returncode, None
+    try:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+    except ChildProcessError:
+        return proc.wait(), None
+    if pid == 0:
+        return None, None
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, round(ru.ru_utime + ru.ru_stime, 2)
 
 
 def _start(s: Step, run_dir: Path, env: dict[str, str], log: Callable[[str], None]):

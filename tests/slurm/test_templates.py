@@ -156,16 +156,19 @@ def test_distill_2_nodes_x_2_ranks(slurm_cluster, tmp_path, tiny_teacher, tiny_s
 
 def test_preempt_checkpoint_requeue_resume(slurm_cluster, tmp_path, tiny_teacher, tiny_shards_dir):
     """USR1 to the batch shell (what --signal=B:USR1@SECS delivers before the time limit): every rank stops at
-    the next step boundary with a checkpoint, the job requeues itself and the requeued job finishes from it.
-    DataLoader workers (--num_workers 1) get the signal too and must not take their rank down."""
+    a step boundary with a checkpoint, the job requeues itself and the requeued job finishes from it.
+
+    The signal is sent while the ranks are still starting up (before the trainer has a handler), the hard
+    case: the template repeats it every RESIGNAL_SECS until the ranks act on it. DataLoader workers
+    (--num_workers 1) get the signal too and must not take their rank down."""
     max_steps = 60
     job, out = submit(slurm_cluster, tmp_path, "slurm/distill_8node.sh", "--max_steps", str(max_steps),
                       "--num_workers", "1", *TINY_ARGS,
                       sbatch=("--nodes=2", "--gpus-per-node=2", "--time=30", "--job-name=pre"),
-                      TEACHER=str(tiny_teacher), DATA=str(tiny_shards_dir))
+                      TEACHER=str(tiny_teacher), DATA=str(tiny_shards_dir), RESIGNAL_SECS="5")
     run = tmp_path / "runs" / f"pre-{job}"
-    deadline = time.time() + 180
-    while not (run / "checkpoints" / "step-00000010" / "COMPLETE").exists():  # training is under way
+    deadline = time.time() + 120
+    while log_of(out, job).count("starts its ranks") < 2:  # both launchers are up, ranks are importing
         assert time.time() < deadline, log_of(out, job)[-8000:]
         assert slurm_cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), log_of(out, job)[-8000:]
         time.sleep(0.5)
@@ -184,7 +187,7 @@ def test_preempt_checkpoint_requeue_resume(slurm_cluster, tmp_path, tiny_teacher
     m = re.search(r'preempted: \{"step": (\d+), "checkpoint": "(step-\d+)", "signal": 10\}', log)
     assert m, log[-8000:]
     stopped_at, tag = int(m.group(1)), m.group(2)
-    assert 10 <= stopped_at < max_steps and tag == f"step-{stopped_at:08d}"
+    assert 1 <= stopped_at < max_steps and tag == f"step-{stopped_at:08d}"
     assert f"requeueing job {job} (restart 1)" in log
     assert f"job {job} restart 1: distill on 2 node(s) x 2 rank(s)" in log
     # the requeued run resumed from exactly that checkpoint, in the same run folder, and finished
