@@ -87,6 +87,7 @@ MASTER_PORT=${MASTER_PORT:-$(free_port)}      # this script runs on the head nod
 mkdir -p "$RUN_DIR"
 RUN_DIR=$(realpath "$RUN_DIR")                # absolute: the log says where to look from anywhere
 rm -f "$RUN_DIR/PREEMPTED"                    # the marker of this attempt only
+PREEMPT_MARKER=$RUN_DIR/PREEMPTED             # the trainer's "checkpointed and stopping" (see lib.sh)
 log "job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}: $COMMAND on $NODES node(s) x $GPUS_PER_NODE rank(s)" \
     "($SLURM_JOB_NODELIST), rendezvous $HEAD_NODE:$MASTER_PORT, run folder $RUN_DIR"
 log "follow it: tensorboard --logdir $RUN_DIR/tb  (or --logdir on the runs folder, to compare runs)"

@@ -56,13 +56,15 @@ forward_signal() {
   log "got SIG$1: asking every rank to checkpoint at the next step boundary"
   scancel --signal="$1" "$SLURM_JOB_ID" || log "scancel --signal=$1 failed (job ending?)"
   # A rank that is still starting up (before the trainer's handler exists) ignores the signal; repeat it
-  # every RESIGNAL_SECS until the step ends, so a signal that came early is not lost.
-  if [[ -z $NAGGER_PID ]]; then
+  # every RESIGNAL_SECS until the trainer has acted on it (PREEMPT_MARKER written) or the step ends, so a
+  # signal that came early is not lost. RESIGNAL_SECS=0 turns this off.
+  if [[ -z $NAGGER_PID && ${RESIGNAL_SECS:-60} != 0 ]]; then
     (
       trap - USR1
       trap 'kill "$s" 2>/dev/null; exit 0' TERM
       while true; do
         sleep "${RESIGNAL_SECS:-60}" & s=$!; wait "$s"
+        [[ -n ${PREEMPT_MARKER:-} && -f $PREEMPT_MARKER ]] && exit 0
         scancel --signal="$1" "$SLURM_JOB_ID" 2>/dev/null || true
       done
     ) &
@@ -90,7 +92,8 @@ run_step() {
 finish_or_requeue() {  # finish_or_requeue RUN_DIR
   local run_dir=$1 restarts=${SLURM_RESTART_COUNT:-0}
   if [[ -f $run_dir/PREEMPTED ]]; then
-    log "preempted: $(tr -d '\n' < "$run_dir/PREEMPTED"); checkpoint in $run_dir/checkpoints"
+    log "preempted: $(tr -d '\n' < "$run_dir/PREEMPTED"); checkpoint in $run_dir/checkpoints" \
+        "(step exit status $STEP_RC)"
     if (( restarts >= MAX_REQUEUES )); then
       die "not requeueing: job $SLURM_JOB_ID was already requeued $restarts time(s) (MAX_REQUEUES=$MAX_REQUEUES);" \
         "resubmit with RUN_DIR=$run_dir to continue from the checkpoint"

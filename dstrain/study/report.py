@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -149,12 +148,14 @@ def _figures(run_dir: Path, data: dict) -> list[tuple[str, str]]:
                             (axes[1], "student", "distilled student: loss terms")):
         curves = models.get(name, {}).get("curves", {})
         for tag in LOSS_TAGS:
-            pts = [(s, v) for s, v in curves.get(tag, []) if math.isfinite(v)]
+            pts = [(s, v) for s, v in curves.get(tag, []) if math.isfinite(v) and (name != "student" or v > 0)]
             if pts and any(v != 0 for _, v in pts):
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], label=tag.split("/")[-1])
         ax.set_title(title)
         ax.set_xlabel("step")
-        ax.set_ylabel("training loss")
+        ax.set_ylabel("training loss (log scale)" if name == "student" else "training loss")
+        if name == "student":  # L_ce and L_cos are orders of magnitude below L_mlm for a teacher-initialised student
+            ax.set_yscale("log")
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -236,6 +237,11 @@ def write_report(run_dir: Path, cfg, steps, records) -> str:
     L.append("")
     L.append(f"Quality bar (student >= 90% of the teacher AND better than MLM-only): **{'met' if ok else 'NOT met'}**"
              + (" (not expected of the --quick toy sizes)." if cfg.quick else "."))
+    meta = _read_json(run_dir / "study.json") or {}
+    if meta.get("wall_s_this_invocation") is not None:
+        cached = sum(1 for r in records.values() if r.get("cached"))
+        L.append(f"This invocation of the study took {meta['wall_s_this_invocation'] / 60:.1f} minutes (wall clock"
+                 + (f"; {cached} finished step(s) were reused" if cached else "") + ").")
     if data["majority"] is not None:
         L.append(f"For scale: always answering the most frequent genre scores {_pct(data['majority'])} on the same "
                  "validation passages.")
@@ -314,11 +320,15 @@ def write_report(run_dir: Path, cfg, steps, records) -> str:
     total = sum(r.get("wall_s", 0) for r in records.values())
     L += ["## How each number was made", "",
           "Every step is one of the project's public commands; run from the repository root:", "",
-          "| step | what | wall (s) | this invocation |", "|---|---|---|---|"]
+          "| step | what | threads | wall (s) | CPU (s) | this invocation |", "|---|---|---|---|---|---|"]
     for s in steps:
         r = records.get(s.name, {})
-        L.append(f"| `{s.name}` | {s.what} | {_fmt(r.get('wall_s'), 1)} | {'cached' if r.get('cached') else 'ran'} |")
-    L += ["", f"Sum of step wall times: {total:.0f} s (steps run {cfg.jobs} at a time, {cfg.threads} thread(s) each).",
+        L.append(f"| `{s.name}` | {s.what} | {r.get('threads', '')} | {_fmt(r.get('wall_s'), 1)} | "
+                 f"{_fmt(r.get('cpu_s'), 1)} | {'cached' if r.get('cached') else 'ran'} |")
+    cpu = sum(r.get("cpu_s") or 0 for r in records.values())
+    L += ["", f"Sum of step wall times: {total:.0f} s; sum of CPU times: {cpu:.0f} s (steps run {cfg.jobs} at a "
+              f"time with {cfg.threads} thread(s) each, the teacher and the benchmark alone). CPU time does not grow "
+              f"when other programs share the machine, wall time does.",
           "", "```bash"]
     for s in steps:
         L.append(s.shell(run_dir))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dstrain.config import ConfigError, UserError, atomic_write_json, build_config, config_to_dict, opt, require
-from dstrain.study.steps import ROOT, Step, check_cache, run_steps
+from dstrain.study.steps import Step, check_cache, run_steps
 
 # The recipe. Sizes come from /work/shared/CALIBRATION.md and a sizing sweep (see the README section):
 # at h256/vocab 8000 a 2-core CPU does ~4.5k tokens/s, too slow for a teacher, six students and 21
@@ -65,7 +64,7 @@ ABLATIONS = {
 }
 
 
-def _preset(help_: str, key: str, kind=int):
+def _preset(help_: str, key: str):
     return opt(None, f"{help_} (full: {FULL[key]}, quick: {QUICK[key]})")
 
 
