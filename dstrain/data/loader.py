@@ -319,9 +319,13 @@ class ShardLoader:
             self.epoch, self.batches_consumed = epoch + 1, 0
             return
         ds = _EpochStream(self, epoch, start)
-        kw = dict(num_workers=self.num_workers, batch_size=None, collate_fn=_identity)
+        # A generator of our own: otherwise creating the iterator draws a base seed from the global torch
+        # RNG and shifts the trainer's dropout stream after a resume.
+        kw = dict(num_workers=self.num_workers, batch_size=None, collate_fn=_identity,
+                  generator=torch.Generator().manual_seed(self.seed + epoch))
         if self.num_workers > 0:
-            kw.update(prefetch_factor=self.prefetch_factor, multiprocessing_context="fork")
+            kw.update(prefetch_factor=self.prefetch_factor, multiprocessing_context="fork",
+                      worker_init_fn=_ignore_stop_signals)
         dl = torch.utils.data.DataLoader(ds, **kw)
         expect = start
         worker_stats: dict[int, dict[str, Any]] = {}
@@ -371,6 +375,15 @@ class ShardLoader:
         if len(names) > self.shards.max_bad_fraction * total:
             raise UserError(f"data folder {self.shards.root}: {len(names)} of {total} shards are bad, more than "
                             f"max_bad_fraction {self.shards.max_bad_fraction}: {', '.join(sorted(names))}")
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Workers ignore SIGUSR1/SIGTERM: Slurm signals every process of a job, and the main process must be
+    able to finish its step and save a checkpoint with its workers alive. They exit with their parent."""
+    import signal
+
+    for s in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def _identity(x):

@@ -220,17 +220,29 @@ def check_teacher_vocab(teacher_name: str, teacher_cfg: Any, shards: Any) -> Non
 
 
 class Preemption:
-    """SIGUSR1/SIGTERM set a flag; the loop all-reduces it at the next step boundary."""
+    """SIGUSR1/SIGTERM set a flag; the loop all-reduces it at the next step boundary.
+
+    Installed when the command starts (before the imports and the process group, which take tens of
+    seconds), so a signal that Slurm sends during start-up is not lost: the run stops at its first step
+    boundary. Once the run has decided to stop, `ignore()` makes further signals harmless: Python restores
+    default handlers at interpreter shutdown, and a late SIGUSR1 would then kill a rank that is exiting.
+    """
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
     def __init__(self):
         self.flag = False
         self.signum = None
-        for s in (signal.SIGUSR1, signal.SIGTERM):
+        for s in self.SIGNALS:
             signal.signal(s, self._handler)
 
     def _handler(self, signum, frame):
         self.flag = True
         self.signum = signum
+
+    def ignore(self) -> None:
+        for s in self.SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
 
 
 def _to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
@@ -469,7 +481,7 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(self.out / "tb"), purge_step=start + 1 if start else None)  # drop events logged after the checkpoint
-        preempt = Preemption()
+        preempt = self.preempt
         # fault injection for the tests (tests/train, tests/faults): see README "Distillation"
         nan_from = int(os.environ.get("DSTRAIN_FAULT_NAN_FROM_STEP", "-1"))
         signal_at = int(os.environ.get("DSTRAIN_FAULT_SIGNAL_AT_STEP", "-1"))
@@ -657,23 +669,29 @@ def _world_from_env() -> tuple[int, int]:
     return 1, 0
 
 
-def _train(cfg: TrainConfig, mode: str) -> dict[str, Any]:
+def _train(cfg: TrainConfig, mode: str, preempt: Preemption) -> dict[str, Any]:
     t = Trainer(cfg, mode)
-    t.prepare()
-    t.setup()
-    return t.run()
+    t.preempt = preempt
+    try:
+        t.prepare()
+        t.setup()
+        return t.run()
+    finally:
+        preempt.ignore()  # stopping now: a late signal must not kill this rank on its way out
 
 
 def distill(**kwargs) -> dict[str, Any]:
     """Distil --teacher into a student with half its layers (DistilBERT recipe) on --data shards."""
+    preempt = Preemption()  # first thing: see Preemption
     cfg = build_config(DistillConfig, kwargs, "distill")
-    return _summary(_train(cfg, "distill"))
+    return _summary(_train(cfg, "distill", preempt))
 
 
 def pretrain(**kwargs) -> dict[str, Any]:
     """Train a BertForMaskedLM from scratch (MLM only) on --data shards; the paper's no-distillation baseline."""
+    preempt = Preemption()
     cfg = build_config(PretrainConfig, kwargs, "pretrain")
-    return _summary(_train(cfg, "pretrain"))
+    return _summary(_train(cfg, "pretrain", preempt))
 
 
 def _summary(result: dict[str, Any]) -> None:
