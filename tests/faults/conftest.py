@@ -124,8 +124,8 @@ class Job:
 
 
 def run_job(args, log: Path, ranks: int = 2, inject: dict | None = None, timeout: float = 600.0,
-            expect_rc: int | None = 0) -> Job:
-    job = Job(args, log, ranks=ranks, inject=inject)
+            expect_rc: int | None = 0, env: dict | None = None) -> Job:
+    job = Job(args, log, ranks=ranks, inject=inject, env=env)
     rc = job.wait(timeout)
     if expect_rc is not None:
         assert rc == expect_rc, f"exit code {rc}, expected {expect_rc}\n{job.tail()}"
