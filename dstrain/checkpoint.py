@@ -175,7 +175,8 @@ class Checkpointer:
             return None
         tags = sorted((p.name for p in self.root.iterdir() if TAG_RE.match(p.name)), reverse=True)
         latest_file = self.root / "latest"
-        latest = latest_file.read_text().strip() if latest_file.is_file() else None
+        # `latest` is only a hint (the folders decide); a corrupted one may hold any bytes
+        latest = latest_file.read_text(errors="replace").strip() if latest_file.is_file() else None
         chosen = None
         for t in tags:
             why = verify(self.root / t)
@@ -201,11 +202,16 @@ class Checkpointer:
         d = self.root / tag
         meta = json.loads((d / STATE).read_text())
         if meta["world_size"] != self.world_size:
+            # DeepSpeed's ds_to_universal cannot convert these (they lack its universal_checkpoint_info), so
+            # say only what works
+            fp32 = self.root / "zero_to_fp32.py"
+            weights = (f" The weights so far: python {fp32} {self.root} WEIGHTS_DIR --tag {tag}." if fp32.is_file()
+                       else "")
             raise UserError(
                 f"{d} was saved by {meta['world_size']} ranks but this run has {self.world_size}. Resume with "
-                f"{meta['world_size']} ranks, or convert it to a universal checkpoint (python -m "
-                f"deepspeed.checkpoint.ds_to_universal --input_folder {d} --output_folder {d}_universal) and start "
-                f"a new run from those weights; the data position is per rank and cannot be remapped.")
+                f"{meta['world_size']} ranks: the data position and the ZeRO optimizer partitions are per rank, so "
+                f"a run cannot change its number of ranks; to go on with {self.world_size}, start a new "
+                f"--out_dir.{weights}")
         path, _ = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
                                          load_lr_scheduler_states=True)
         if path is None:

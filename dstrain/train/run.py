@@ -520,14 +520,20 @@ class Trainer:
             step += 1
             if step == signal_at and dist.rank == dist.world_size - 1:
                 os.kill(os.getpid(), signal.SIGUSR1)  # as Slurm would, to one rank only: the others learn it below
-            # one all-reduce per step: mean loss terms, tokens, non-finite flag, preemption flag
-            red = torch.cat([acc / self.accum, torch.tensor([ntok, 0.0, float(preempt.flag)], device=acc.device)])
+            # one all-reduce per step: mean loss terms, tokens, non-finite flag, preemption flag, and the data
+            # this rank skipped (bad shards found while reading, bad samples): each rank reads its own shards
+            st = self.loader.stats
+            skipped = [st.get("bad_shards", 0) - len(self.shards.bad_shards), st.get("bad_samples", 0)]
+            red = torch.cat([acc / self.accum, torch.tensor([ntok, 0.0, float(preempt.flag), *skipped],
+                                                            device=acc.device)])
             red[5] = float(not torch.isfinite(acc).all())
             if dist.world_size > 1:
                 torch.distributed.all_reduce(red)
             red = red.tolist()
             loss_terms = {k: red[i] / dist.world_size for i, k in enumerate(("total", "ce", "mlm", "cos"))}
             step_tokens, nonfinite, stop_flag = red[4], red[5] > 0, red[6] > 0
+            bad_shards = len(self.shards.bad_shards) + int(red[7])  # found at open: the same list on every rank
+            bad_samples = int(red[8])
             self.tokens_seen += int(step_tokens)
             self.samples_seen += self.global_batch
             applied = engine.was_step_applied()
@@ -551,8 +557,8 @@ class Trainer:
                           "train/grad_norm": _num(engine.get_global_grad_norm())})
                 if scale is not None:
                     s["train/loss_scale"] = scale
-                s["data/bad_shards"] = self.loader.stats.get("bad_shards", 0)
-                s["data/bad_samples"] = self.loader.stats.get("bad_samples", 0)
+                s["data/bad_shards"] = bad_shards  # over all ranks
+                s["data/bad_samples"] = bad_samples
                 s["data/epoch"] = self.loader.epoch
                 if self.device.type == "cuda":
                     s["perf/peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30

@@ -1,11 +1,13 @@
-"""Cases 1-3 of the matrix: a rank SIGKILLed mid-step, then the resumed run killed mid-save, then resumed
-again to the end. One chain of three real 2-rank jobs on the same run folder:
+"""Cases 1-3 and 6 of the matrix: a rank SIGKILLed mid-step, then the resumed run killed mid-save, then resumed
+again to the end while an old checkpoint cannot be deleted. One chain of three real 2-rank jobs on the same
+run folder:
 
     job A  rank 1 SIGKILLs itself mid-way through step 5 (after the step-4 checkpoint)    -> case 2
     job B  --resume auto from step 4; rank 0 is SIGKILLed just before it writes the
            COMPLETE marker of step 6 (every other file of the checkpoint is written)       -> case 3
     job C  --resume auto again: step 6 is not taken, step 4 is; step 6 is saved again;
-           runs to the end                                                                  -> cases 1, 3
+           runs to the end, with --keep_last 2 and step 2 undeletable (injected
+           PermissionError on rank 0)                                                       -> cases 1, 3, 6
 
 and the result is compared with the uninterrupted reference run, step for step and sample for sample.
 """
@@ -47,7 +49,9 @@ def chain(tmp_path_factory, tiny_teacher_dir, tiny_shards_dir):
     res["b_step6_verify"] = verify(step6)
     res["b_latest"] = (out / "checkpoints" / "latest").read_text()
 
-    c = Job(args, base / "c.log", inject={"trace": str(tr / "c")})
+    # keep_last is not part of the run's identity: changing it on relaunch is allowed
+    c_args = distill_args(tiny_teacher_dir, tiny_shards_dir, out, keep_last=2)
+    c = Job(c_args, base / "c.log", inject={"trace": str(tr / "c"), "rank": 0, "rmtree_fails": "step-00000002"})
     res["c_rc"] = c.wait(timeout=600)
     res["c_log"] = c.output()
     return res
@@ -79,10 +83,23 @@ def test_case3_killed_during_save_is_never_taken_and_is_saved_again(chain):
     assert chain["c_rc"] == 0, c_log[-3000:]
     assert "step-00000006 is not usable: no COMPLETE marker" in c_log
     assert "step-00000004 at step 4" in c_log
+    assert "checkpoints/step-00000006 saved" in c_log  # the same step saved again (rotated away later: case 6)
     ck = chain["out"] / "checkpoints"
-    assert verify(ck / "step-00000006") is None and verify(ck / f"step-{STEPS:08d}") is None
-    assert (ck / "latest").read_text() == f"step-{STEPS:08d}"
+    assert verify(ck / f"step-{STEPS:08d}") is None and (ck / "latest").read_text() == f"step-{STEPS:08d}"
     assert Checkpointer(chain["out"], 10, 0, 2).find_resume() == f"step-{STEPS:08d}"
+
+
+def test_case6_keep_last_k_with_a_failed_deletion(chain):
+    """keep_last 2 over job C's saves (steps 6, 8, 10) while deleting step 2 fails every time: each failure is
+    logged and the run finishes; the last 2 complete checkpoints stay, every other one is gone except the
+    undeletable one, which lost its marker first and so is never resumed from."""
+    c_log = chain["c_log"]
+    assert chain["c_rc"] == 0
+    assert c_log.count("could not delete old checkpoint") == 3 and "Permission denied (injected)" in c_log
+    ck = chain["out"] / "checkpoints"
+    assert sorted(p.name for p in ck.glob("step-*")) == ["step-00000002", f"step-{STEPS - 2:08d}", f"step-{STEPS:08d}"]
+    assert verify(ck / f"step-{STEPS - 2:08d}") is None and verify(ck / f"step-{STEPS:08d}") is None
+    assert verify(ck / "step-00000002") == "no COMPLETE marker (the save did not finish)"
 
 
 def test_case1_resumed_run_matches_uninterrupted_bitwise_and_sees_each_sample_once(chain, reference_run):

@@ -4,25 +4,37 @@ a message that says what to do, and the run folder is left as it was."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 from tests.faults.conftest import copy_run, distill_args, run_job
+from tests.launch import cpu_env
 
 
 def _snapshot(run: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
 
 
-def test_case10_different_world_size_says_how_to_convert(tmp_path, tiny_teacher_dir, tiny_shards_dir, reference_run):
+def test_case10_different_world_size_is_refused_with_what_to_do(tmp_path, tiny_teacher_dir, tiny_shards_dir, reference_run):
     ref, _ = reference_run
     out = copy_run(ref, tmp_path / "run")
     before = _snapshot(out)
     job = run_job(distill_args(tiny_teacher_dir, tiny_shards_dir, out), tmp_path / "log.txt", ranks=1, expect_rc=2)
     log = job.output()
-    assert "was saved by 2 ranks but this run has 1. Resume with 2 ranks" in log
-    assert "python -m deepspeed.checkpoint.ds_to_universal" in log and "Traceback" not in log
+    assert "was saved by 2 ranks but this run has 1. Resume with 2 ranks" in log and "Traceback" not in log
     assert _snapshot(out) == before
+    # the message's way to get the weights out works as written
+    m = re.search(r"The weights so far: python (\S+) (\S+) WEIGHTS_DIR --tag (\S+)\.", log)
+    assert m, log[-2000:]
+    weights = tmp_path / "weights"
+    subprocess.run([sys.executable, m[1], m[2], str(weights), "--tag", m[3]], check=True, capture_output=True,
+                   env=cpu_env(), timeout=300)
+    assert any(weights.iterdir())
 
 
 def _swap_tokens(tok_dir: Path, a: str, b: str) -> None:
@@ -60,21 +72,33 @@ def test_case10_another_teacher_is_refused(tmp_path, tiny_teacher_dir, tiny_shar
     assert _snapshot(out) == before
 
 
-def test_case10_another_tokenizer_is_refused(tmp_path, tiny_teacher_dir, tiny_shards_dir, reference_run):
-    """Shards and teacher both re-saved with a tokenizer whose vocabulary differs (two ids swapped): they agree
-    with each other, so only the checkpoint can tell."""
-    ref, _ = reference_run
-    out = copy_run(ref, tmp_path / "run")
-    shards, teacher = tmp_path / "shards", tmp_path / "teacher"
+def test_case10_another_tokenizer_is_refused(tmp_path, tiny_teacher_dir, tiny_shards_dir):
+    """A short run, then its teacher's and shards' tokenizer files are changed in place (two ids swapped: same
+    size and special ids, a different vocabulary), so teacher and shards still agree with each other and only
+    the checkpoint can tell."""
+    shards, teacher, out = tmp_path / "shards", tmp_path / "teacher", tmp_path / "run"
     shutil.copytree(tiny_shards_dir, shards)
     shutil.copytree(tiny_teacher_dir, teacher)
+    args = distill_args(teacher, shards, out, max_steps=2)
+    run_job(args, tmp_path / "log1.txt")
     vocab = json.loads((shards / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
     a, b = [t for t, i in sorted(vocab.items(), key=lambda x: x[1]) if i > 100][:2]
     for d in (shards / "tokenizer", teacher):
         _swap_tokens(d, a, b)
     before = _snapshot(out)
-    job = run_job(distill_args(teacher, shards, out), tmp_path / "log.txt", expect_rc=2)
+    job = run_job(args, tmp_path / "log2.txt", expect_rc=2)
     log = job.output()
-    assert "was trained with a different tokenizer" in log, log[-3000:]
+    assert "was trained with a different tokenizer" in log and "Resume with the same --data" in log, log[-3000:]
     assert "Traceback" not in log
     assert _snapshot(out) == before
+
+
+@pytest.mark.xfail(strict=True, reason="dstrain/models.py teacher_fingerprint hashes config._name_or_path, so the "
+                   "same teacher moved to another folder (e.g. staged to node-local disk after a requeue) is refused "
+                   "as 'a different teacher' on resume; fix: leave _name_or_path out of the hash (owner: #3)")
+def test_case10_same_teacher_in_another_folder_is_the_same_teacher(tmp_path, tiny_teacher_dir):
+    from dstrain.models import load_teacher, teacher_fingerprint
+
+    moved = tmp_path / "staged" / "teacher"
+    shutil.copytree(tiny_teacher_dir, moved)
+    assert teacher_fingerprint(load_teacher(str(moved))) == teacher_fingerprint(load_teacher(str(tiny_teacher_dir)))
