@@ -233,12 +233,22 @@ def write_report(run_dir: Path, cfg, steps, records) -> str:
     if beats is not None:
         L.append(f"{'It beats' if beats else 'It does NOT beat'} the MLM-only student of the same size and budget "
                  f"({_pct(s_acc)} vs {_pct(mlm_only)}).")
-    ok = keep is not None and keep >= 0.9 and bool(beats)
+    maj = data["majority"]
+    at_chance = [n for n, m in models.items()
+                 if maj is not None and m.get("genre") and m["genre"]["accuracy"] <= maj + 0.005]
+    ok = keep is not None and keep >= 0.9 and bool(beats) and "teacher" not in at_chance
     L.append("")
+    if "teacher" in at_chance:
+        L.append("**Warning: the teacher's median genre accuracy is at the majority-class level: its fine-tuning "
+                 "collapsed to one class in most seeds, so the ratio above is not evidence for distillation.** "
+                 "Try a larger `--finetune_lr` or more `--finetune_seeds`.")
+    if at_chance:
+        L.append("Models whose median is at the majority-class level (fine-tuning collapsed): "
+                 + ", ".join(f"`{n}`" for n in at_chance) + ".")
     L.append(f"Quality bar (student >= 90% of the teacher AND better than MLM-only): **{'met' if ok else 'NOT met'}**"
              + (" (not expected of the --quick toy sizes)." if cfg.quick else "."))
     meta = _read_json(run_dir / "study.json") or {}
-    if meta.get("wall_s_this_invocation") is not None:
+    if meta.get("wall_s_this_invocation") is not None and not all(r.get("cached") for r in records.values()):
         cached = sum(1 for r in records.values() if r.get("cached"))
         L.append(f"This invocation of the study took {meta['wall_s_this_invocation'] / 60:.1f} minutes (wall clock"
                  + (f"; {cached} finished step(s) were reused" if cached else "") + ").")

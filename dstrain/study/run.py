@@ -42,7 +42,7 @@ FULL = dict(
     eval_every=100, eval_batches=12, val_fraction=0.02,
     finetune_seeds=3, finetune_lr=3e-4, finetune_epochs=3.0, finetune_max_seq_length=64,
     finetune_train_examples=2000, finetune_eval_examples=1000,
-    bench_seq_lens="64,128", bench_batch_sizes="1,8", bench_repeats=10,
+    bench_seq_lens="32,64", bench_batch_sizes="1,8", bench_repeats=10,
 )
 # Quick: the same pipeline, every table filled, at toy sizes (a smoke test, not a result).
 QUICK = dict(
@@ -133,6 +133,9 @@ class StudyConfig:
             require(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
         require(self.vocab_size >= 100, "vocab_size", f"a WordPiece vocabulary needs >= 100 pieces, got {self.vocab_size}")
         require(0 < self.val_fraction < 0.5, "val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
+        lens = [int(x) for x in str(self.bench_seq_lens).split(",") if x]
+        require(bool(lens) and max(lens) <= self.max_seq_len, "bench_seq_lens",
+                f"{self.bench_seq_lens}: the models have {self.max_seq_len} positions; benchmark at most that")
         require(self.precision in ("fp32", "bf16", "config"), "precision", "must be fp32, bf16 or config")
 
     @property

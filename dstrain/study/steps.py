@@ -55,6 +55,8 @@ class Step:
 
 def _show(arg: str, run_dir: Path) -> str:
     """Paths inside the repository are shown relative to it, so the printed commands can be pasted."""
+    if "," in arg:  # a comma list of paths (benchmark --models)
+        return ",".join(_show(a, run_dir) for a in arg.split(","))
     try:
         p = Path(arg)
         if p.is_absolute():
