@@ -64,7 +64,9 @@ def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device: 
 
 def teacher_fingerprint(teacher: nn.Module) -> str:
     """Hash of the teacher's config and a sample of its weights: resuming with another teacher is refused."""
-    h = hashlib.sha256(json.dumps(teacher.config.to_dict(), sort_keys=True, default=str).encode())
+    # where the teacher lies is not what it is: a teacher staged to node-local disk after a requeue is the same
+    cfg = {k: v for k, v in teacher.config.to_dict().items() if k not in ("_name_or_path", "name_or_path")}
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
     emb = teacher.get_input_embeddings().weight
     h.update(emb.detach().float()[:8].cpu().numpy().tobytes())
     return h.hexdigest()[:16]

@@ -93,9 +93,6 @@ def test_case10_another_tokenizer_is_refused(tmp_path, tiny_teacher_dir, tiny_sh
     assert _snapshot(out) == before
 
 
-@pytest.mark.xfail(strict=True, reason="dstrain/models.py teacher_fingerprint hashes config._name_or_path, so the "
-                   "same teacher moved to another folder (e.g. staged to node-local disk after a requeue) is refused "
-                   "as 'a different teacher' on resume; fix: leave _name_or_path out of the hash (owner: #3)")
 def test_case10_same_teacher_in_another_folder_is_the_same_teacher(tmp_path, tiny_teacher_dir):
     from dstrain.models import load_teacher, teacher_fingerprint
 
