@@ -113,7 +113,31 @@ def init_distributed(timeout_minutes: float = 30.0) -> Dist:
         backend = "gloo"
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+        if not use_cuda:
+            _unlink_shm_buffers(rank)
     return Dist(rank=rank, local_rank=local_rank, world_size=world, device=device)
+
+
+def _unlink_shm_buffers(rank: int) -> None:
+    """Remove the name of this rank's DeepSpeed CPU all-reduce buffer from /dev/shm.
+
+    DeepSpeed's CPU backend creates a 66 MB /dev/shm file per rank and never deletes it, so every run leaks
+    RAM until reboot (a day of test runs filled 22 GB). `init_distributed` returns only after every rank has
+    mapped every other rank's buffer; after a barrier the names are no longer needed, and the mappings stay
+    valid after the unlink. A crash afterwards then leaks nothing either.
+    """
+    import glob
+
+    import torch
+
+    torch.distributed.barrier()
+    pattern = (f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+               f"{os.environ.get('MASTER_PORT', '')}_{rank}")
+    for path in glob.glob(pattern):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def load_ds_config(path: str | os.PathLike) -> dict[str, Any]:
