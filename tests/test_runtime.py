@@ -1,0 +1,29 @@
+"""dstrain.runtime: the process-level pieces every command shares."""
+
+import glob
+import subprocess
+import sys
+import textwrap
+
+from tests.launch import BIN, ROOT, cpu_env, free_port
+
+
+def test_two_cpu_ranks_leave_no_shm_buffers_behind(tmp_path):
+    """DeepSpeed's CPU all-reduce creates a 66 MB /dev/shm file per rank and never removes it; ours unlinks
+    them once mapped, so runs do not leak RAM (a day of test runs once filled 22 GB)."""
+    script = tmp_path / "allreduce.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(ROOT)!r})
+        import torch
+        from dstrain.runtime import init_distributed
+        d = init_distributed()
+        x = torch.ones(4) * (d.rank + 1)
+        torch.distributed.all_reduce(x)
+        open({str(tmp_path)!r} + f"/rank{{d.rank}}", "w").write(str(x[0].item()))
+    """))
+    port = free_port()
+    proc = subprocess.run([str(BIN / "deepspeed"), "--num_nodes", "1", "--num_gpus", "2", "--master_port", str(port),
+                           str(script)], env=cpu_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["3.0", "3.0"], proc.stdout[-3000:]
+    assert glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_{port}_*") == []
