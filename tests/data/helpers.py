@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -49,3 +50,19 @@ def write_tar(path: Path, samples: list[tuple[str, np.ndarray]]) -> None:
             info = tarfile.TarInfo(f"{key}.input_ids.npy")
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
+
+
+def replace_sample(shards: Path, name: str, index: int, ids: np.ndarray) -> str:
+    """Rewrite one sample of a shard and fix the manifest's checksum, as a buggy tokenizer run would."""
+    path = shards / name
+    samples = read_tar(path)
+    key = samples[index][0]
+    samples[index] = (key, ids)
+    write_tar(path, samples)
+    m = json.loads((shards / "manifest.json").read_text())
+    for e in m["splits"]["train"]["shards"] + m["splits"]["val"]["shards"]:
+        if e["name"] == name:
+            e["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+            e["bytes"] = path.stat().st_size
+    (shards / "manifest.json").write_text(json.dumps(m))
+    return key

@@ -6,8 +6,6 @@ and still gives every rank the same number of batches; past max_bad_fraction it 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 
 from dstrain.config import UserError
 from dstrain.data import MLMMasker, ShardError, ShardSet, build_eval_loader, build_loader
-from tests.data.helpers import read_tar, write_tar
+from tests.data.helpers import replace_sample
 
 
 @pytest.fixture
@@ -106,26 +104,10 @@ def test_more_readers_than_shards_explains_the_fix(shards):
         loader(s, world=3, workers=4)
 
 
-def _replace_sample(shards: Path, name: str, index: int, ids: np.ndarray) -> str:
-    """Rewrite one sample of a shard and fix the manifest's checksum, as a buggy tokenizer run would."""
-    path = shards / name
-    samples = read_tar(path)
-    key = samples[index][0]
-    samples[index] = (key, ids)
-    write_tar(path, samples)
-    m = json.loads((shards / "manifest.json").read_text())
-    for e in m["splits"]["train"]["shards"] + m["splits"]["val"]["shards"]:
-        if e["name"] == name:
-            e["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-            e["bytes"] = path.stat().st_size
-    (shards / "manifest.json").write_text(json.dumps(m))
-    return key
-
-
 @pytest.mark.parametrize("ids,why", [(np.array([2, 77, 5000, 3], np.uint16), "token id 5000 is outside the vocabulary"),
                                      (np.zeros(0, np.uint16), "empty sequence")])
 def test_bad_sample_names_shard_and_key(shards, ids, why):
-    key = _replace_sample(shards, "train-000006.tar", 7, ids)
+    key = replace_sample(shards, "train-000006.tar", 7, ids)
     s = ShardSet.open(shards)
     with pytest.raises(ShardError, match=rf"shard .*train-000006.tar sample {key}: {why}"):
         list(loader(s, workers=2))
@@ -137,7 +119,7 @@ def test_bad_sample_names_shard_and_key(shards, ids, why):
 
 
 def test_bad_val_sample_fails_eval_loader_too(shards):
-    key = _replace_sample(shards, "val-000000.tar", 0, np.array([2, 65000, 3], np.uint16))
+    key = replace_sample(shards, "val-000000.tar", 0, np.array([2, 65000, 3], np.uint16))
     v = ShardSet.open(shards, split="val")
     with pytest.raises(ShardError, match=rf"val-000000.tar sample {key}: token id 65000"):
         list(build_eval_loader(v, micro_batch_size=4, rank=0, world_size=1, masker=MLMMasker.for_shards(v)))

@@ -5,8 +5,6 @@ and every rank exits; tolerant mode counts what it skipped in TensorBoard."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -14,28 +12,12 @@ import numpy as np
 import pytest
 
 from dstrain.data import ShardSet, build_loader
-from tests.data.helpers import read_tar, write_tar
+from tests.data.helpers import replace_sample
 from tests.faults.conftest import EXIT_BOUND_S, Job, distill_args, run_job, scalars
 
 
 def truncate(p: Path) -> None:
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-
-
-def replace_sample(shards: Path, name: str, index: int, ids: np.ndarray) -> str:
-    """Rewrite one sample and fix the manifest checksum, as a buggy tokenizer run would leave it. Returns its key."""
-    path = shards / name
-    samples = read_tar(path)
-    key = samples[index][0]
-    samples[index] = (key, ids)
-    write_tar(path, samples)
-    m = json.loads((shards / "manifest.json").read_text())
-    for e in m["splits"]["train"]["shards"]:
-        if e["name"] == name:
-            e["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-            e["bytes"] = path.stat().st_size
-    (shards / "manifest.json").write_text(json.dumps(m))
-    return key
 
 
 def shards_of_rank(shards: Path, rank: int, seed: int = 7) -> list[str]:
