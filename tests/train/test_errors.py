@@ -90,6 +90,8 @@ def test_resume_true_with_nothing_and_bad_flags(base):
         distill(**dict(base, alpha_ce=0, alpha_mlm=0, alpha_cos=0))
     with pytest.raises(ConfigError, match="--num_heads: must divide --hidden_size 32"):
         pretrain(data=base["data"], out_dir=base["out_dir"], hidden_size=32, num_heads=5)
+    with pytest.raises(ConfigError, match=r"--dropout: must be in \[0, 1\), got 1.5"):
+        pretrain(data=base["data"], out_dir=base["out_dir"], dropout=1.5)
     with pytest.raises(UserError, match=r"--layer_map '0,1,2': names 3 layers but the student has 2|names 3 layers"):
         distill(**dict(base, layer_map="0,1,2"))
     _nothing_written(base)

@@ -9,7 +9,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, RobertaConfig, RobertaForMaskedLM
 
 from dstrain.config import UserError
-from dstrain.models import build_student, mlm_forward, parse_layer_map
+from dstrain.models import build_bert, build_student, mlm_forward, parse_layer_map
 
 
 def _bert(layers=4):
@@ -95,3 +95,15 @@ def test_init_student_command_writes_a_loadable_folder(tiny_teacher_dir, tmp_pat
         init_student(teacher=str(tiny_teacher_dir), out_dir=str(out))
     with pytest.raises(UserError, match="--teacher .*cannot load"):
         init_student(teacher=str(tmp_path / "nope"), out_dir=str(tmp_path / "s2"))
+
+
+def test_pretrain_dropout_reaches_the_model_and_its_student():
+    """`pretrain --dropout 0` (the study's tiny teachers) gives a BERT without dropout, and so a student without."""
+    t = build_bert(80, 0, 2, 16, 2, 32, 40, seed=0, dropout=0.0)
+    assert t.config.hidden_dropout_prob == 0.0 and t.config.attention_probs_dropout_prob == 0.0
+    t.train()
+    x = torch.randint(5, 80, (2, 12))
+    assert torch.equal(t(input_ids=x).logits, t(input_ids=x).logits)  # train mode, yet deterministic
+    s, _ = build_student(t, t.config, None, "even", "teacher", 0)
+    assert s.config.dropout == 0.0 and s.config.attention_dropout == 0.0
+    assert build_bert(80, 0, 2, 16, 2, 32, 40, seed=0).config.hidden_dropout_prob == 0.1  # BERT's default
