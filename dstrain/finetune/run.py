@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 @dataclasses.dataclass
 class FinetuneConfig:
     model: str = opt("", "Hugging Face model folder (or hub name) to fine-tune: BERT, DistilBERT, RoBERTa, ...")
-    task: str = opt("", "cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, squad or shakespeare_genre")
+    task: str = opt("", "cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, squad, shakespeare_genre or shakespeare_genre3")
     out_dir: str = opt("", "run folder for config.json, tb/, model/, predictions and metrics.json")
     data_dir: str = opt("", "local data: GLUE TSVs (train.tsv, dev.tsv), CSV or JSONL; SQuAD official JSON. "
                             "Empty: datasets.load_dataset from the hub")

@@ -69,6 +69,15 @@ def test_quick_study_writes_a_full_report(quick_run):
         assert f"(figures/{fig})" in report
     assert "tensorboard --logdir" in report and "QUICK" in report
     assert "study: wrote" in out
+    # the recipe reaches the commands: BERT-style teacher pretraining (no dropout, uniform 40% masking),
+    # KL on masked positions, the three-genre task; and the report says how big the seed noise is
+    teacher_cmd = json.loads((run / "steps" / "teacher.json").read_text())["argv"]
+    for flag, value in (("--dropout", "0.0"), ("--mlm_smoothing", "0.0"), ("--mlm_probability", "0.4")):
+        assert teacher_cmd[teacher_cmd.index(flag) + 1] == value, flag
+    student_cmd = json.loads((run / "steps" / "student.json").read_text())["argv"]
+    assert student_cmd[student_cmd.index("--restrict_ce_to_mask") + 1] == "true"
+    assert "--task shakespeare_genre3" in report and "3 genres: comedies, histories, tragedies" in report
+    assert re.search(r"Quality bar .*: \*\*(met|NOT met|met on the medians, but .* within seed noise)\*\*", report)
 
 
 def test_curves_come_from_tensorboard_files(quick_run):
@@ -140,6 +149,8 @@ def test_same_seed_gives_the_same_teacher(quick_run, tmp_path):
     (["--finetune_max_seq_length", "128"], "--finetune_max_seq_length: 128 is longer than"),
     (["--until", "nothing"], "--until nothing: no such step"),
     (["--teacher_step", "5"], "did you mean --teacher_steps"),
+    (["--finetune_task", "sst2"], "--finetune_task: 'sst2': the study runs offline"),
+    (["--pretrain_mlm_probability", "1.5"], "--pretrain_mlm_probability: must be in (0, 1)"),
 ])
 def test_bad_settings_are_clear_errors(tmp_path, args, needle):
     proc = run_cli("study", "--out_dir", str(tmp_path / "r"), "--quick", *args, check=False, timeout=120)
@@ -152,3 +163,15 @@ def test_refuses_a_folder_that_is_not_a_study(tmp_path):
     proc = run_cli("study", "--out_dir", str(tmp_path), "--quick", check=False, timeout=120)
     assert proc.returncode == 2 and "not a study folder" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_seed_spread_decides_what_the_report_may_claim():
+    """A difference of medians no larger than the widest max-min seed range is reported as unclear."""
+    from dstrain.study.report import _seed_spread
+
+    models = {"student": {"genre": {"accuracy": 0.53, "seeds": [0.52, 0.53, 0.54]}},
+              "ablation_x": {"genre": {"accuracy": 0.50, "seeds": [0.45, 0.50, 0.51]}},
+              "one_seed": {"genre": {"accuracy": 0.5, "seeds": [0.5]}}}
+    assert _seed_spread(models, "student") == pytest.approx(2.0)
+    assert _seed_spread(models, "student", "ablation_x") == pytest.approx(6.0)
+    assert _seed_spread(models, "one_seed", "missing") is None
