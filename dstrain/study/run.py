@@ -61,7 +61,8 @@ FULL = dict(
 #   43.5% and random-init 42.5% (each learned the task in 1 of 3 seeds), seed spreads of teacher and
 #   student under 0.6 points.
 # - shakespeare_genre (6 genres, majority 28%) was too hard for these models: at fine-tuning lr 3e-4 most
-#   seeds collapsed to the majority class. The First Folio's three genres (shakespeare_genre3) never did.
+#   seeds collapsed to the majority class. On the First Folio's three genres (shakespeare_genre3) teacher
+#   and student never did.
 # Quick: the same pipeline, every table filled, at toy sizes (a smoke test, not a result).
 QUICK = dict(
     vocab_size=1000, max_seq_len=64, teacher_layers=2, hidden_size=64, num_heads=2, intermediate_size=256,
