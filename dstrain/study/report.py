@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dstrain.config import atomic_write_text
+from dstrain.study.run import ABLATIONS
 
 # Sanh et al. 2019, Table 4: change of the GLUE macro-score when one part of the recipe is removed.
 PAPER_ABLATION = {"no_kl": -2.96, "no_cos": -1.46, "no_mlm": -0.31, "random_init": -3.69, "mlm_only": None}
@@ -139,6 +140,12 @@ def _seed_spread(models, *names) -> float | None:
     return max(ranges) if ranges else None
 
 
+def _within_noise(models, a: str, b: str) -> tuple[float, float | None, bool]:
+    """(median of a - median of b in points, their seed spread, whether the difference is within it)."""
+    diff, spread = 100 * (_acc(models, a) - _acc(models, b)), _seed_spread(models, a, b)
+    return diff, spread, spread is not None and abs(diff) <= spread
+
+
 def _acc(models, name) -> float | None:
     g = models.get(name, {}).get("genre")
     return None if g is None else g["accuracy"]
@@ -248,9 +255,8 @@ def write_report(run_dir: Path, cfg, steps, records) -> str:
                  f"{100 * PAPER_GLUE['student'] / PAPER_GLUE['teacher']:.0f}% of BERT-base's GLUE score).")
     clear = None
     if beats is not None:
-        spread = _seed_spread(models, "student", "ablation_mlm_only")
-        margin = 100 * (s_acc - mlm_only)
-        clear = spread is None or abs(margin) > spread
+        margin, spread, within = _within_noise(models, "student", "ablation_mlm_only")
+        clear = not within
         L.append(f"{'It beats' if beats else 'It does NOT beat'} the MLM-only student of the same size and budget "
                  f"({_pct(s_acc)} vs {_pct(mlm_only)}, {margin:+.1f} points; "
                  + ("" if spread is None else f"seed-to-seed spread {spread:.1f} points: ")
@@ -310,13 +316,13 @@ def write_report(run_dir: Path, cfg, steps, records) -> str:
     for name in cfg.ablation_list:
         m = models.get(f"ablation_{name}", {})
         a = _acc(models, f"ablation_{name}")
-        d = None if a is None or f_acc is None else 100 * (a - f_acc)
+        d, noise, within = (None, None, False) if a is None or f_acc is None else \
+            _within_noise(models, f"ablation_{name}", "student")
         dm = None if m.get("mlm_acc") is None or f_mlm is None else 100 * (m["mlm_acc"] - f_mlm)
         paper = PAPER_ABLATION.get(name)
-        noise = _seed_spread(models, "student", f"ablation_{name}")
         if d is None:
             agree = "n/a"
-        elif noise is not None and abs(d) <= noise:
+        elif within:
             agree = f"unclear: within the seed spread ({noise:.1f} points)"
             unclear.append(name)
         elif d < 0:
@@ -324,8 +330,6 @@ def write_report(run_dir: Path, cfg, steps, records) -> str:
         else:
             agree = "**no: it does not hurt here**"
             disagreements.append(name)
-        from dstrain.study.run import ABLATIONS
-
         L.append(f"| {ABLATIONS[name][0]} | {_pct(a)} | {_fmt(d, 1) if d is None else f'{d:+.1f}'} | "
                  f"{_pct(m.get('mlm_acc'))} | {'n/a' if dm is None else f'{dm:+.1f}'} | "
                  f"{'not in the paper' if paper is None else f'{paper:+.2f}'} | {agree} |")
