@@ -46,10 +46,10 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from dstrain.config import UserError, atomic_write_json, build_config, opt, require  # noqa: E402
+from dstrain.shard_format import FORMAT, SAMPLE_MEMBER, sha256_file  # noqa: E402
 
 log = logging.getLogger("data_prep")
 
-FORMAT = "dstrain-shards-v1"  # == dstrain.data.shards.FORMAT
 MARKER = ".dstrain-build"  # written first: proves a folder without a complete manifest is our crashed build
 TMP_DIR = ".build-tmp"
 OURS = {"manifest.json", "token_counts.npy", "tokenizer", MARKER, TMP_DIR}
@@ -211,14 +211,6 @@ def ragged_take(tokens: np.ndarray, lens: np.ndarray, offsets: np.ndarray, idx: 
 
 # ---------------------------------------------------------------- shard writing
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()  # not dstrain.data's copy: importing that package imports torch
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 _NPY_HEADERS: dict[tuple[str, int], bytes] = {}
 
 
@@ -279,7 +271,7 @@ class ShardWriter:
         if self._f is None:
             self._open()
         data = _npy_bytes(seq)
-        self._f.write(_tar_header(f"{self.index:09d}.input_ids.npy", len(data)))
+        self._f.write(_tar_header(f"{self.index:09d}.{SAMPLE_MEMBER}", len(data)))
         self._f.write(data)
         self._f.write(b"\0" * (-len(data) % 512))
         self.index += 1

@@ -3,15 +3,13 @@
     shards = ShardSet.open("shards/", split="train")          # strict: any bad shard is an error
     shards = ShardSet.open("shards/", strict=False, max_bad_fraction=0.05)   # skip and count bad shards
 
-Format (docs/DESIGN.md): DIR/manifest.json (written last; "complete": true), DIR/train-%06d.tar and
-DIR/val-%06d.tar whose samples hold one member `input_ids.npy` (1-D uint16/int32, [CLS] ... [SEP]),
-DIR/token_counts.npy, DIR/tokenizer/.
+Format: dstrain/shard_format.py (DIR/manifest.json written last with "complete": true, DIR/train-%06d.tar
+and DIR/val-%06d.tar whose samples hold one member `input_ids.npy`, DIR/token_counts.npy, DIR/tokenizer/).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -21,11 +19,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from dstrain.config import UserError
+from dstrain.shard_format import FORMAT, SAMPLE_MEMBER, sha256_bytes, sha256_file
 
 log = logging.getLogger("dstrain.data")
 
-FORMAT = "dstrain-shards-v1"
-SAMPLE_MEMBER = "input_ids.npy"
 # Hash every shard up front when the split is at most this big; bigger splits are hashed as they stream.
 VERIFY_AUTO_MAX_BYTES = 2 << 30
 TOKENIZER_KEYS = ("name_or_path", "vocab_size", "pad_token_id", "cls_token_id", "sep_token_id",
@@ -38,18 +35,6 @@ class ShardError(UserError):
     def __init__(self, shard: str, message: str):
         super().__init__(message)
         self.shard = shard
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclasses.dataclass
