@@ -83,12 +83,11 @@ def _help(command: str) -> str:
     lines = [f"python dstrain/cli.py {command} [--setting VALUE ...]", "", (fn.__doc__ or "").strip(), ""]
     cfg_cls = getattr(fn, "config_class", None)
     if cfg_cls is not None:
-        docs = getattr(cfg_cls, "__field_docs__", {})
         lines.append("Settings (defaults < --config FILE.json < flags):")
         for f in dataclasses.fields(cfg_cls):
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else "REQUIRED")
-            lines.append(f"  --{f.name} = {default!r}  {docs.get(f.name, f.metadata.get('help', ''))}")
+            lines.append(f"  --{f.name} = {default!r}  {f.metadata.get('help', '')}")
     return "\n".join(lines)
 
 
