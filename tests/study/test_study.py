@@ -97,14 +97,11 @@ def test_curves_come_from_tensorboard_files(quick_run):
 def test_rerun_skips_finished_steps(quick_run):
     run = quick_run[0]
     before = {n: (run / n / "metrics.json").stat().st_mtime_ns for n in ("teacher", "student")}
-    t0 = time.time()
     proc = run_cli("study", "--out_dir", str(run), "--quick", timeout=300)
-    wall = time.time() - t0
     for name in STEPS:
         assert f"[study] {name}: finished earlier, skipped" in proc.stdout, name
     assert "FAILED" not in proc.stdout and ": python " not in proc.stdout  # nothing was started
     assert {n: (run / n / "metrics.json").stat().st_mtime_ns for n in before} == before
-    assert wall < 60, wall
     assert "finished earlier" not in (run / "REPORT.md").read_text() and "cached" in (run / "REPORT.md").read_text()
 
 

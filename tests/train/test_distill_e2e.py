@@ -5,6 +5,7 @@ exact resume, divergence handling, export."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,7 @@ def test_zero3_two_ranks_outputs(zero3_run):
     assert cfg["layer_map_used"] == [0, 2]
     m = json.loads((out / "metrics.json").read_text())
     for k in ("student_mlm_loss", "student_mlm_acc", "teacher_mlm_loss", "teacher_mlm_acc"):
-        assert isinstance(m[k], float) and m[k] == m[k]
+        assert isinstance(m[k], float) and math.isfinite(m[k]), (k, m[k])
     assert m["step"] == 8 and m["samples_seen"] == 8 * 16 and m["skipped_steps"] == 0
     sc = scalars(out)
     assert TRAIN_SCALARS <= set(sc), TRAIN_SCALARS - set(sc)
@@ -139,7 +140,7 @@ def test_zero3_bf16_config_and_divergence_stop(tmp_path, tiny_teacher_dir, tiny_
     sc = scalars(out)
     assert sc["train/skipped_steps"][3] == 0 and sc["train/skipped_steps"][5] == 2
     assert sc["train/lr"][5] == sc["train/lr"][4] == sc["train/lr"][3]  # skipped steps do not advance the schedule
-    assert sc["train/loss_total"][2] == sc["train/loss_total"][2]  # finite before the fault (bf16 works)
+    assert math.isfinite(sc["train/loss_total"][2])  # finite before the fault (bf16 works)
 
 
 def test_pretrain_zero2_fp16_config_single_process(tmp_path, tiny_shards_dir):
