@@ -1,6 +1,6 @@
 """DistilBERT's triple loss as pure functions of tensors.
 
-    L = a_ce * L_ce + a_mlm * L_mlm + a_cos * L_cos            (Sanh et al. 2019; PAPER.md)
+    L = a_ce * L_ce + a_mlm * L_mlm + a_cos * L_cos            (Sanh et al. 2019; docs/METHOD.md)
 
 Every function takes already-selected rows, so the caller decides which positions count (all non-pad
 tokens, or only the masked ones) and the vocabulary-sized tensors are only ever built for those rows:

@@ -3,7 +3,7 @@
     python dstrain/cli.py init_student --teacher bert-base-uncased --out_dir students/d6
     python dstrain/cli.py init_student --teacher runs/teacher/student --out_dir s --layer_map reference
 
-Student layout (PAPER.md): same hidden size and heads as the teacher, half the layers, no token-type
+Student layout (docs/METHOD.md): same hidden size and heads as the teacher, half the layers, no token-type
 embeddings, no pooler.
 - BERT teacher -> Hugging Face `DistilBertForMaskedLM` (the layout of `distilbert-base-uncased`).
 - RoBERTa-family teacher (roberta, xlm-roberta, camembert) -> the same class with half the layers.

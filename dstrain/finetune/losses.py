@@ -1,6 +1,6 @@
 """Fine-tuning losses as pure functions of tensors, with the optional second distillation step.
 
-PAPER.md: for SQuAD, L = a_ce * (KL_start + KL_end) / 2 * T^2 + a_task * CE (0.5 / 0.5, T = 2); for
+docs/METHOD.md: for SQuAD, L = a_ce * (KL_start + KL_end) / 2 * T^2 + a_task * CE (0.5 / 0.5, T = 2); for
 classification the same with one KL over the label distribution; for regression (STS-B) the student
 matches the teacher's score by squared error.
 """

@@ -3,7 +3,7 @@
     python dstrain/cli.py finetune --model runs/d1/student --task sst2 --out_dir runs/ft-sst2
     deepspeed dstrain/cli.py finetune --model bert-base-uncased --task squad --out_dir runs/ft-squad
     python dstrain/cli.py finetune --model runs/d1/student --task squad --teacher runs/bert-squad/model \
-        --out_dir runs/ft-squad-distilled         # second distillation step (PAPER.md)
+        --out_dir runs/ft-squad-distilled         # second distillation step (docs/METHOD.md)
     python dstrain/cli.py finetune --model M --task rte --num_seeds 5 --out_dir runs/rte   # median of 5
 
 Training goes through a DeepSpeed engine (ds_configs/finetune_cpu.json or finetune_gpu.json by default);

@@ -19,7 +19,7 @@ from dstrain.study.run import ABLATIONS
 
 # Sanh et al. 2019, Table 4: change of the GLUE macro-score when one part of the recipe is removed.
 PAPER_ABLATION = {"no_kl": -2.96, "no_cos": -1.46, "no_mlm": -0.31, "random_init": -3.69, "mlm_only": None}
-PAPER_GLUE = {"teacher": 79.5, "student": 77.0}  # README numbers: BERT-base vs DistilBERT GLUE macro
+PAPER_GLUE = {"teacher": 79.5, "student": 77.0}  # the DistilBERT README's GLUE macro, BERT-base vs DistilBERT (docs/METHOD.md)
 PAPER_SIZE = {"params_teacher_m": 110, "params_student_m": 66, "cpu_speedup": 1.6}
 LOSS_TAGS = ("train/loss_total", "train/loss_ce", "train/loss_mlm", "train/loss_cos")
 

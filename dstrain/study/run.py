@@ -32,7 +32,7 @@ if __package__ in (None, ""):
 from dstrain.config import ConfigError, UserError, atomic_write_json, build_config, config_to_dict, opt, require
 from dstrain.study.steps import Step, check_cache, run_steps
 
-# The recipe. Sizes come from /work/shared/CALIBRATION.md and a sizing sweep (see the README section):
+# The recipe. Sizes come from docs/CALIBRATION.md and a sizing sweep (see docs/STUDY.md):
 # at h256/vocab 8000 a 2-core CPU does ~4.5k tokens/s, too slow for a teacher, six students and 21
 # fine-tunes in 15 minutes; a 4-layer h128 teacher on a 3,000-piece vocabulary and 64-token sequences
 # costs ~1.3M parameters per token (~8 MFLOP per trained token), about 4x less.
@@ -45,7 +45,7 @@ FULL = dict(
     finetune_max_seq_length=64, finetune_train_examples=2000, finetune_eval_examples=1000,
     bench_seq_lens="32,64", bench_batch_sizes="1,8", bench_repeats=10,
 )
-# Why these values (measured on 2 idle cores, see the README section "The study"):
+# Why these values (measured on 2 idle cores, see docs/STUDY.md):
 # - The old recipe (BERT dropout 0.1, DistilBERT's count^-0.7 masking for the teacher too, 600 steps) left the
 #   teacher at the unigram plateau: it answered "," at 97% of the masked positions, held-out loss 6.72 against
 #   a unigram entropy of 6.27 nats. Nothing downstream could then tell teacher, student and MLM-only apart.

@@ -485,7 +485,7 @@ class Trainer:
 
             writer = SummaryWriter(str(self.out / "tb"), purge_step=start + 1 if start else None)  # drop events logged after the checkpoint
         preempt = self.preempt
-        # fault injection for the tests (tests/train, tests/faults): see README "Distillation"
+        # fault injection for the tests (tests/train, tests/faults): see docs/FAULTS.md
         nan_from = int(os.environ.get("DSTRAIN_FAULT_NAN_FROM_STEP", "-1"))
         signal_at = int(os.environ.get("DSTRAIN_FAULT_SIGNAL_AT_STEP", "-1"))
 

@@ -16,7 +16,7 @@ from dstrain.models import mlm_forward
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
-    """The loss of PAPER.md: L = alpha_ce * KL_T + alpha_mlm * CE + alpha_cos * (1 - cos)."""
+    """The loss of docs/METHOD.md: L = alpha_ce * KL_T + alpha_mlm * CE + alpha_cos * (1 - cos)."""
 
     alpha_ce: float = 5.0
     alpha_mlm: float = 2.0
