@@ -29,10 +29,14 @@ def own_extensions_dir() -> None:
     """Build DeepSpeed's JIT ops (the CPU all-reduce, CPU Adam) inside this virtualenv, not the user-wide
     ~/.cache/torch_extensions: two environments sharing that folder (a second checkout, CI beside a dev
     venv) rebuild each other's copy, about 27 s at every start. A TORCH_EXTENSIONS_DIR already set wins;
-    outside a virtualenv (sys.prefix not ours to write) torch's default stays. The real path, so links to
-    one venv share one build."""
+    outside a virtualenv (sys.prefix not ours to write) torch's default stays.
+
+    One subfolder per path the venv is reached by: the compiler flags name the include paths as Python
+    sees them, so a venv reached through a symlink and through its real path would otherwise rebuild the
+    same op over each other's copy at every switch."""
     if sys.prefix != sys.base_prefix:
-        os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.path.realpath(sys.prefix), "torch_extensions"))
+        seen_as = sys.prefix.strip(os.sep).replace(os.sep, "_")
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions", seen_as))
 
 
 own_extensions_dir()  # at import: every path to DeepSpeed in dstrain passes through this module
