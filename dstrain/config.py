@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import json
 import os
 import types
@@ -24,6 +25,30 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A setting that is unknown, of the wrong type, or contradicts another one."""
+
+
+# errno of an OSError the user fixes outside the program -> what to do; the CLIs print these on one line
+OS_ERROR_FIXES = {
+    errno.ENOSPC: "Free space there (or lower --keep_last) and relaunch the same command: a training run resumes "
+                  "from its last complete checkpoint, which is kept",
+    errno.EDQUOT: "Free space within your quota and relaunch the same command: a training run resumes from its "
+                  "last complete checkpoint, which is kept",
+    errno.EROFS: "It is on a read-only filesystem: choose an output folder on a writable one",
+    errno.EACCES: "Choose a path you are allowed to use, or fix its permissions",
+    errno.EPERM: "Choose a path you are allowed to use, or fix its permissions",
+}
+
+
+def os_error_message(e: BaseException | None) -> str | None:
+    """One line for an OSError (or an error caused by one) that the user can fix, else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in OS_ERROR_FIXES:
+            where = f"{e.filename}: " if e.filename else ""
+            return f"{where}{e.strerror or os.strerror(e.errno)}. {OS_ERROR_FIXES[e.errno]}"
+        e = e.__cause__ or e.__context__
+    return None
 
 
 T = TypeVar("T")

@@ -119,6 +119,11 @@ def _check_model_dir(path: str, setting: str, need_config: bool = True) -> None:
 def _load_tokenizer(path: str, setting: str):
     from transformers import AutoTokenizer
 
+    from dstrain.hf_io import require_tokenizer
+
+    # a model folder without tokenizer files would "load" a 5-token tokenizer that maps every word to [UNK]
+    require_tokenizer(path, setting, "Pass --tokenizer with the folder of the tokenizer the model was trained "
+                                     "with (for a distill or pretrain run: its --data folder's tokenizer/)")
     try:
         return AutoTokenizer.from_pretrained(path)
     except Exception as e:
@@ -126,11 +131,24 @@ def _load_tokenizer(path: str, setting: str):
                         f"folder of the tokenizer the model was trained with.") from None
 
 
+# What a finetune run writes into --out_dir: all that --overwrite may replace.
+OWNED = ("config.json", "tb", "model", "predictions.json", "predictions.jsonl", "nbest_predictions.json",
+         "metrics.json", "seed-*", "*.tmp-*")
+
+
 def _prepare_out_dir(cfg: FinetuneConfig) -> Path:
+    from dstrain.outputs import check_out_dir, foreign_entries
+
     out = Path(cfg.out_dir)
+    marker = check_out_dir(out, "finetune", {"model": cfg.model, "teacher": cfg.teacher, "tokenizer": cfg.tokenizer,
+                                             "data_dir": cfg.data_dir, "ds_config": cfg.ds_config})
     if (out / "metrics.json").exists() and not cfg.overwrite:
         raise UserError(f"--out_dir {out}: already holds a finished run (metrics.json); choose another folder "
                         f"or pass --overwrite true")
+    foreign = foreign_entries(out, marker, OWNED) if marker is not None and cfg.overwrite else []
+    if foreign:
+        raise UserError(f"--out_dir {out}: --overwrite replaces only what finetune wrote, but the folder also holds "
+                        f"{', '.join(foreign[:5])}; move those away or choose another folder")
     return out
 
 
@@ -279,22 +297,20 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
     from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
     from dstrain.finetune import losses
+    from dstrain.hf_io import load_pretrained
     from dstrain.runtime import resolve_ds_config
 
     _set_seed(seed)
     micro, accum, global_bs = batch
     span = task.kind == "span"
-    try:
-        if span:
-            model = AutoModelForQuestionAnswering.from_pretrained(cfg.model)
-        else:
-            extra = {"problem_type": "regression"} if task.kind == "regression" else {
-                "id2label": dict(enumerate(task.labels)), "label2id": {n: i for i, n in enumerate(task.labels)}}
-            # ignore_mismatched_sizes: a model fine-tuned on another task keeps its body, gets a fresh head.
-            model = AutoModelForSequenceClassification.from_pretrained(
-                cfg.model, num_labels=task.num_labels, ignore_mismatched_sizes=True, **extra)
-    except (OSError, ValueError) as e:
-        raise UserError(f"--model {cfg.model}: could not load it as a Hugging Face model ({e})") from None
+    if span:
+        model = load_pretrained(AutoModelForQuestionAnswering, cfg.model, "model")
+    else:
+        extra = {"problem_type": "regression"} if task.kind == "regression" else {
+            "id2label": dict(enumerate(task.labels)), "label2id": {n: i for i, n in enumerate(task.labels)}}
+        # ignore_mismatched_sizes: a model fine-tuned on another task keeps its body, gets a fresh head.
+        model = load_pretrained(AutoModelForSequenceClassification, cfg.model, "model", num_labels=task.num_labels,
+                                ignore_mismatched_sizes=True, **extra)
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(f"--model {cfg.model}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary "
                         f"is {model.config.vocab_size}; pass the --tokenizer the model was trained with")
@@ -311,10 +327,8 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
     teacher = None
     if cfg.teacher:
         cls = AutoModelForQuestionAnswering if span else AutoModelForSequenceClassification
-        try:
-            teacher = cls.from_pretrained(cfg.teacher)
-        except (OSError, ValueError) as e:
-            raise UserError(f"--teacher {cfg.teacher}: could not load it as a Hugging Face model ({e})") from None
+        teacher, info = load_pretrained(cls, cfg.teacher, "teacher", "a fine-tuned model", output_loading_info=True)
+        check_teacher(cfg, task, info, teacher, tokenizer)
         if not span and teacher.config.num_labels != task.num_labels:
             raise UserError(f"--teacher {cfg.teacher}: has {teacher.config.num_labels} outputs but {task.name} "
                             f"needs {task.num_labels}; pass a teacher fine-tuned on {task.name}")
@@ -349,6 +363,10 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
     if dist.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
+        if cfg.overwrite and seed == cfg.seed:  # the earlier run's files, checked to be ours in _prepare_out_dir
+            from dstrain.outputs import read_marker, remove_owned
+
+            remove_owned(Path(cfg.out_dir), read_marker(Path(cfg.out_dir)), OWNED)
         run_dir.mkdir(parents=True, exist_ok=True)
         # All checks passed and output starts now: an old metrics.json (--overwrite) would make this
         # half-done rerun look finished.
@@ -472,6 +490,26 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
     return metrics
 
 
+def check_teacher(cfg: FinetuneConfig, task, info: dict, teacher, tokenizer) -> None:
+    """A second-step teacher must be fine-tuned (no weight left to random init) and read the student's token ids."""
+    from transformers import AutoTokenizer
+
+    from dstrain.hf_io import has_tokenizer
+
+    missing = sorted(info.get("missing_keys", ()))
+    if missing:
+        raise UserError(f"--teacher {cfg.teacher}: its checkpoint has no weights for {', '.join(missing[:4])}"
+                        f"{' ...' if len(missing) > 4 else ''} (transformers would start them at random), so it was "
+                        f"never fine-tuned on {task.name}. Fine-tune it first (python dstrain/cli.py finetune --model "
+                        f"{cfg.teacher} --task {task.name} --out_dir T) and pass --teacher T/model")
+    if Path(cfg.teacher).is_dir() and has_tokenizer(cfg.teacher):
+        t_vocab, s_vocab = AutoTokenizer.from_pretrained(cfg.teacher).get_vocab(), tokenizer.get_vocab()
+        if t_vocab != s_vocab:
+            raise UserError(f"--teacher {cfg.teacher}: its tokenizer ({teacher.config.model_type}, {len(t_vocab)} "
+                            f"tokens) is not the student's ({len(s_vocab)} tokens): it would read the student's token "
+                            f"ids as other words. Pass a teacher fine-tuned from a model with the student's tokenizer")
+
+
 def _save_model(model, tokenizer, dest: Path) -> None:
     """save_pretrained into dest.tmp-PID, then rename, so a crash never leaves a half-written model/."""
     tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
@@ -525,6 +563,7 @@ def prepare_data(cfg: FinetuneConfig, task, tokenizer) -> dict:
 
 def finetune(**kwargs):
     """Fine-tune a model folder on a task and evaluate it with the task's official metric."""
+    from dstrain.outputs import lock_out_dir
     from dstrain.runtime import derive_batch, init_distributed, load_ds_config, setup_logging
 
     cfg = build_config(FinetuneConfig, kwargs, command="finetune")
@@ -539,6 +578,7 @@ def finetune(**kwargs):
     data = prepare_data(cfg, task, tokenizer)  # all bad-input errors surface here, before any output
     dist = init_distributed()
     setup_logging(dist.rank)
+    lock = lock_out_dir(out, "finetune", dist.rank, dist.world_size)  # noqa: F841  (held until finetune returns)
     ds_path = cfg.ds_config or str(ROOT / "ds_configs" / (
         "finetune_gpu.json" if dist.device.type == "cuda" else "finetune_cpu.json"))
     ds_base = load_ds_config(ds_path)

@@ -284,10 +284,13 @@ class Trainer:
         from dstrain.checkpoint import Checkpointer
         from dstrain.data import ShardSet
         from dstrain.models import build_bert, build_student, load_teacher, teacher_fingerprint
+        from dstrain.outputs import check_out_dir
         from dstrain.runtime import derive_batch, load_ds_config, resolve_ds_config
         from dstrain.train.step import PRETRAIN_LOSS, LossSettings
 
         cfg = self.cfg
+        check_out_dir(self.out, self.mode, {"data": cfg.data, "ds_config": _resolve_path(cfg.ds_config),
+                                            "teacher": getattr(cfg, "teacher", None)})
         world, rank = _world_from_env()
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
         ds_file = load_ds_config(_resolve_path(cfg.ds_config))
@@ -356,11 +359,13 @@ class Trainer:
 
         from dstrain.data import MLMMasker, build_eval_loader, build_loader
         from dstrain.models import StudentForDistill
+        from dstrain.outputs import lock_out_dir
         from dstrain.runtime import init_distributed, setup_logging
 
         cfg = self.cfg
         self.dist = dist = init_distributed(cfg.dist_timeout_minutes)
         setup_logging(dist.rank)
+        self.lock = lock_out_dir(self.out, self.mode, dist.rank, dist.world_size)  # one run per out_dir
         self.device = dist.device
         self.resume_tag = self.ckpt.find_resume() if cfg.resume != "false" else None
 
