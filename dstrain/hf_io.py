@@ -53,3 +53,11 @@ def load_pretrained(cls: Any, path: str, setting: str, what: str = "a model", **
         raise UserError(f"--{setting} {path}: cannot load {what} from it ({_why(e)}). Pass a folder written by save_pretrained "
                         f"(config.json + weights) or a model name already in the Hugging Face cache (HF_HUB_OFFLINE "
                         f"is {os.environ.get('HF_HUB_OFFLINE', 'unset')})") from None
+
+
+def vocab_fingerprint(vocab: dict[str, int]) -> str:
+    """sha256 of the (token, id) pairs, sorted: equal exactly when two tokenizers map every token to the same id."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16]
