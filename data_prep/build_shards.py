@@ -374,7 +374,7 @@ def build_shards(**kwargs) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     from data_prep.corpus import ReadStats, documents, expand_inputs
 
-    inputs = [spec for _, spec in expand_inputs(cfg.inputs)]  # missing files: fail before touching the output
+    inputs = [spec for kind, spec in expand_inputs(cfg.inputs) if kind != "hf"]  # missing files: fail before touching the output
     state, marker = _folder_state(out, cfg, inputs)
     if state == "same":
         m = json.loads((out / "manifest.json").read_text())
