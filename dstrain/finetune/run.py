@@ -288,29 +288,22 @@ def evaluate_squad(model, cfg, examples, eval_feats, keys, pad_id, bs, dist):
 # --------------------------------------------------------------------------------------------- one run
 
 
-def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict, batch: tuple[int, int, int],
-             tokenizer, data: dict, task) -> dict:
-    """Train and evaluate one seed; returns the metrics written to run_dir/metrics.json."""
-    import deepspeed
-    import torch
-    from torch.utils.data import DataLoader, DistributedSampler
+def load_model(cfg: FinetuneConfig, task):
+    """The --model with a fresh head for the task (a span head for SQuAD)."""
     from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
-    from dstrain.finetune import losses
     from dstrain.hf_io import load_pretrained
-    from dstrain.runtime import resolve_ds_config
 
-    _set_seed(seed)
-    micro, accum, global_bs = batch
-    span = task.kind == "span"
-    if span:
-        model = load_pretrained(AutoModelForQuestionAnswering, cfg.model, "model")
-    else:
-        extra = {"problem_type": "regression"} if task.kind == "regression" else {
-            "id2label": dict(enumerate(task.labels)), "label2id": {n: i for i, n in enumerate(task.labels)}}
-        # ignore_mismatched_sizes: a model fine-tuned on another task keeps its body, gets a fresh head.
-        model = load_pretrained(AutoModelForSequenceClassification, cfg.model, "model", num_labels=task.num_labels,
-                                ignore_mismatched_sizes=True, **extra)
+    if task.kind == "span":
+        return load_pretrained(AutoModelForQuestionAnswering, cfg.model, "model")
+    extra = {"problem_type": "regression"} if task.kind == "regression" else {
+        "id2label": dict(enumerate(task.labels)), "label2id": {n: i for i, n in enumerate(task.labels)}}
+    # ignore_mismatched_sizes: a model fine-tuned on another task keeps its body, gets a fresh head.
+    return load_pretrained(AutoModelForSequenceClassification, cfg.model, "model", num_labels=task.num_labels,
+                           ignore_mismatched_sizes=True, **extra)
+
+
+def check_model(cfg: FinetuneConfig, model, tokenizer) -> None:
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(f"--model {cfg.model}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary "
                         f"is {model.config.vocab_size}; pass the --tokenizer the model was trained with")
@@ -321,24 +314,48 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
     if positions and cfg.seq_len() > positions:
         raise UserError(f"--max_seq_length {cfg.seq_len()}: the model {cfg.model} has only {positions} positions; "
                         f"pass --max_seq_length {positions} or less")
+
+
+def load_teacher(cfg: FinetuneConfig, task, tokenizer, model):
+    """The --teacher of a second distillation step, checked against the task and the student `model`."""
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+
+    from dstrain.hf_io import load_pretrained
+
+    span = task.kind == "span"
+    cls = AutoModelForQuestionAnswering if span else AutoModelForSequenceClassification
+    teacher, info = load_pretrained(cls, cfg.teacher, "teacher", "a fine-tuned model", output_loading_info=True)
+    check_teacher(cfg, task, info, teacher, tokenizer)
+    if not span and teacher.config.num_labels != task.num_labels:
+        raise UserError(f"--teacher {cfg.teacher}: has {teacher.config.num_labels} outputs but {task.name} "
+                        f"needs {task.num_labels}; pass a teacher fine-tuned on {task.name}")
+    t_names = [str(teacher.config.id2label.get(i, "")) for i in range(task.num_labels)] if not span else []
+    if task.labels and set(t_names) == set(task.labels) and t_names != list(task.labels):
+        raise UserError(f"--teacher {cfg.teacher}: its labels are in the order {t_names}, {task.name} uses "
+                        f"{list(task.labels)}; its logits would be matched to the wrong classes")
+    if teacher.config.vocab_size != model.config.vocab_size:
+        raise UserError(f"--teacher {cfg.teacher}: vocabulary of {teacher.config.vocab_size} tokens, the student "
+                        f"has {model.config.vocab_size}; teacher and student must share the tokenizer")
+    return teacher
+
+
+def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict, batch: tuple[int, int, int],
+             tokenizer, data: dict, task, teacher) -> dict:
+    """Train and evaluate one seed; returns the metrics written to run_dir/metrics.json."""
+    import deepspeed
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from dstrain.finetune import losses
+    from dstrain.runtime import resolve_ds_config
+
+    _set_seed(seed)  # before loading: the fresh task head is initialised from this seed
+    micro, accum, global_bs = batch
+    span = task.kind == "span"
+    model = load_model(cfg, task)
     keys = _model_input_keys(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    teacher = None
-    if cfg.teacher:
-        cls = AutoModelForQuestionAnswering if span else AutoModelForSequenceClassification
-        teacher, info = load_pretrained(cls, cfg.teacher, "teacher", "a fine-tuned model", output_loading_info=True)
-        check_teacher(cfg, task, info, teacher, tokenizer)
-        if not span and teacher.config.num_labels != task.num_labels:
-            raise UserError(f"--teacher {cfg.teacher}: has {teacher.config.num_labels} outputs but {task.name} "
-                            f"needs {task.num_labels}; pass a teacher fine-tuned on {task.name}")
-        t_names = [str(teacher.config.id2label.get(i, "")) for i in range(task.num_labels)] if not span else []
-        if task.labels and set(t_names) == set(task.labels) and t_names != list(task.labels):
-            raise UserError(f"--teacher {cfg.teacher}: its labels are in the order {t_names}, {task.name} uses "
-                            f"{list(task.labels)}; its logits would be matched to the wrong classes")
-        if teacher.config.vocab_size != model.config.vocab_size:
-            raise UserError(f"--teacher {cfg.teacher}: vocabulary of {teacher.config.vocab_size} tokens, the student "
-                            f"has {model.config.vocab_size}; teacher and student must share the tokenizer")
+    if teacher is not None:
         teacher.eval().requires_grad_(False).to(dist.device)
         teacher_keys = _model_input_keys(teacher)
 
@@ -575,7 +592,12 @@ def finetune(**kwargs):
         _check_model_dir(cfg.tokenizer, "tokenizer", need_config=False)
     out = _prepare_out_dir(cfg)
     tokenizer = _load_tokenizer(cfg.tokenizer or cfg.model, "tokenizer" if cfg.tokenizer else "model")
-    data = prepare_data(cfg, task, tokenizer)  # all bad-input errors surface here, before any output
+    # every bad input surfaces before the process group and any output: models, teacher, data
+    model = load_model(cfg, task)
+    check_model(cfg, model, tokenizer)
+    teacher = load_teacher(cfg, task, tokenizer, model) if cfg.teacher else None
+    del model  # each seed loads its own, its head initialised from its seed
+    data = prepare_data(cfg, task, tokenizer)
     dist = init_distributed()
     setup_logging(dist.rank)
     lock = lock_out_dir(out, "finetune", dist.rank, dist.world_size)  # noqa: F841  (held until finetune returns)
@@ -595,7 +617,7 @@ def finetune(**kwargs):
     per_seed = []
     for seed in seeds:
         run_dir = out if cfg.num_seeds == 1 else out / f"seed-{seed}"
-        per_seed.append(_run_one(cfg, seed, run_dir, dist, ds_base, batch, tokenizer, data, task))
+        per_seed.append(_run_one(cfg, seed, run_dir, dist, ds_base, batch, tokenizer, data, task, teacher))
     result = per_seed[0]
     if cfg.num_seeds > 1:
         result = {"task": task.name, "model": cfg.model, "teacher": cfg.teacher or None, "seeds": seeds,
