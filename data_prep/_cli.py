@@ -25,7 +25,7 @@ def help_text(fn, prog: str) -> str:
 def main(fn, prog: str, argv: list[str] | None = None) -> None:
     import fire
 
-    from dstrain.config import UserError, os_error_message
+    from dstrain.config import UserError, flag_value, os_error_message
 
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("--help", "-h", "help") for a in argv[:1]) or argv == ["--help"]:
@@ -43,7 +43,8 @@ def main(fn, prog: str, argv: list[str] | None = None) -> None:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     except Exception as e:  # a full disk, a read-only or forbidden path (dstrain.config.OS_ERROR_FIXES)
-        if os_error_message(e) is None:
+        msg = os_error_message(e, flag_value(argv, "out_dir"))
+        if msg is None:
             raise
-        print(f"{prog}: error: {os_error_message(e)}", file=sys.stderr, flush=True)
+        print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
         sys.exit(2)

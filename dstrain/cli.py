@@ -67,7 +67,7 @@ def _strip_launcher_args(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     import fire
 
-    from dstrain.config import UserError, os_error_message
+    from dstrain.config import UserError, flag_value, os_error_message
 
     argv = _strip_launcher_args(sys.argv[1:] if argv is None else argv)
     if len(argv) >= 2 and argv[0] in COMMANDS and argv[1] in ("--help", "-h", "help"):
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"dstrain: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     except Exception as e:  # a full disk, a read-only or forbidden path: the user's to fix, not a traceback
-        msg = os_error_message(e)
+        msg = os_error_message(e, flag_value(argv, "out_dir"))
         if msg is None:
             raise
         print(f"dstrain: error: {msg}", file=sys.stderr, flush=True)
