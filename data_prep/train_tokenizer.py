@@ -67,7 +67,8 @@ def train_tokenizer(**kwargs) -> str:
     from dstrain.outputs import MARKER, check_out_dir, foreign_entries, replace_dir, write_marker
 
     out = Path(cfg.out_dir)
-    marker = check_out_dir(out, "train_tokenizer", {"inputs": [spec for kind, spec in expand_inputs(cfg.inputs) if kind != "hf"]})
+    files = [spec for kind, spec in expand_inputs(cfg.inputs) if kind != "hf"]
+    marker = check_out_dir(out, "train_tokenizer", {"inputs": files})
     if marker is not None and not cfg.overwrite:
         raise UserError(f"--out_dir {out} already holds a tokenizer; pass --overwrite true or choose another folder")
     if marker is not None and foreign_entries(out, marker):
@@ -84,6 +85,7 @@ def train_tokenizer(**kwargs) -> str:
     word_counts: Counter[str] = Counter()
     for doc in docs:
         word_counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(doc)))
+    stats.check_undecodable(cfg.max_undecodable_frac)
     # Our own merge loop, not trainers.WordPieceTrainer: that one is not deterministic (see wordpiece.py).
     vocab = learn_vocab(word_counts, vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
                         special_tokens=SPECIAL_TOKENS)
@@ -94,7 +96,6 @@ def train_tokenizer(**kwargs) -> str:
     tok.decoder = decoders.WordPiece(prefix="##")
     if stats.documents == 0:
         raise UserError(f"--inputs {cfg.inputs}: no documents found (empty files?); nothing to train on")
-    stats.check_undecodable(cfg.max_undecodable_frac)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])

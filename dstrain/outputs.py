@@ -180,6 +180,7 @@ def replace_dir(stage: Path, out: Path, marker: dict[str, Any] | None, patterns:
     """Put a fully written `stage` folder at `out`: what was there must be ours (see remove_owned)."""
     if out.is_dir():
         remove_owned(out, marker, patterns, setting)
+        (out / MARKER).unlink(missing_ok=True)
         out.rmdir()
     os.replace(stage, out)
 
