@@ -133,7 +133,7 @@ def test_two_concurrent_launches_into_one_out_dir(tmp_path, tiny_teacher_dir, ti
     try:
         before = _tree(out)
         b = Job(args, tmp_path / "b.log", ranks=2)
-        assert b.wait(timeout=300) == 2, b.tail()
+        assert b.wait(timeout=600) == 2, b.tail()
         log = b.output()
         assert log.count(f"dstrain: error: --out_dir {out}: another run is writing this folder (`distill` pid "
                          f"{a.proc.pid} on host") == 2, log[-3000:]  # rank 0 and rank 1
