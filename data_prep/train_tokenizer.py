@@ -42,6 +42,7 @@ class TrainTokenizerConfig:
     hf_config: str | None = opt(None, "Hugging Face dataset config, e.g. 20231101.en")
     hf_split: str = opt("train", "Hugging Face dataset split")
     encoding_errors: str = opt("replace", "undecodable bytes in text files: replace (counted) or strict (error)")
+    max_undecodable_frac: float = opt(0.01, "stop when more than this share of text lines is not UTF-8 (binary files)")
     max_documents: int | None = opt(None, "use only the first N documents")
     overwrite: bool = opt(False, "replace an existing tokenizer in --out_dir")
 
@@ -51,6 +52,7 @@ class TrainTokenizerConfig:
         require(self.min_frequency >= 1, "min_frequency", "must be >= 1")
         require(self.doc_mode in ("line", "blank_line"), "doc_mode", f"must be line or blank_line, got {self.doc_mode!r}")
         require(self.encoding_errors in ("replace", "strict"), "encoding_errors", "must be replace or strict")
+        require(0.0 <= self.max_undecodable_frac <= 1.0, "max_undecodable_frac", "must be in [0, 1]")
         require(self.max_documents is None or self.max_documents >= 1, "max_documents", "must be >= 1")
 
 
@@ -60,14 +62,18 @@ def train_tokenizer(**kwargs) -> str:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-    from data_prep.corpus import ReadStats, documents
+    from data_prep.corpus import ReadStats, documents, expand_inputs
     from data_prep.wordpiece import learn_vocab
+    from dstrain.outputs import MARKER, check_out_dir, foreign_entries, replace_dir, write_marker
 
     out = Path(cfg.out_dir)
-    if (out / "tokenizer.json").exists() and not cfg.overwrite:
+    files = [spec for kind, spec in expand_inputs(cfg.inputs) if kind != "hf"]
+    marker = check_out_dir(out, "train_tokenizer", {"inputs": files})
+    if marker is not None and not cfg.overwrite:
         raise UserError(f"--out_dir {out} already holds a tokenizer; pass --overwrite true or choose another folder")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out_dir {out} is a file, not a folder")
+    if marker is not None and foreign_entries(out, marker):
+        raise UserError(f"--out_dir {out}: also holds {', '.join(foreign_entries(out, marker)[:5])}, which "
+                        f"train_tokenizer did not write; --overwrite replaces only its own files. Move those away")
     stats = ReadStats()
     docs = documents(cfg.inputs, doc_mode=cfg.doc_mode, text_field=cfg.text_field, hf_config=cfg.hf_config,
                      hf_split=cfg.hf_split, encoding_errors=cfg.encoding_errors, stats=stats,
@@ -79,6 +85,7 @@ def train_tokenizer(**kwargs) -> str:
     word_counts: Counter[str] = Counter()
     for doc in docs:
         word_counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(doc)))
+    stats.check_undecodable(cfg.max_undecodable_frac)
     # Our own merge loop, not trainers.WordPieceTrainer: that one is not deterministic (see wordpiece.py).
     vocab = learn_vocab(word_counts, vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
                         special_tokens=SPECIAL_TOKENS)
@@ -105,9 +112,11 @@ def train_tokenizer(**kwargs) -> str:
     (tmp / "train_tokenizer.json").write_text(json.dumps(
         {"command": " ".join(sys.argv), "config": dataclasses.asdict(cfg), "documents": stats.documents,
          "undecodable_lines": stats.undecodable_lines, "vocab_size": tok.get_vocab_size()}, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    write_marker(tmp, "train_tokenizer", files=[p.name for p in tmp.iterdir() if p.name != MARKER])
+    try:
+        replace_dir(tmp, out, marker)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     log.info("trained a %d-piece WordPiece vocabulary on %d documents in %.1fs -> %s",
              tok.get_vocab_size(), stats.documents, time.time() - t0, out)
     return str(out)

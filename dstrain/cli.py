@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: `python dstrain/cli.py` or `de
 COMMANDS = {
     "distill": "dstrain.train.run:distill",
     "pretrain": "dstrain.train.run:pretrain",
-    "init_student": "dstrain.models:init_student",
+    "init_student": "dstrain.init_student:init_student",
     "finetune": "dstrain.finetune.run:finetune",
     "glue_table": "dstrain.finetune.table:glue_table",
     "benchmark": "dstrain.benchmark.run:benchmark",
@@ -36,7 +36,12 @@ def _load(command: str):
 
 def _lazy(command: str):
     def run(*args, **kwargs):
-        return _load(command)(*args, **kwargs)
+        if args:  # Fire hands words without a --flag over as positionals; no command takes any
+            from dstrain.config import UserError
+
+            raise UserError(f"`{command}`: unexpected argument(s) {' '.join(map(repr, args))}: every setting is "
+                            f"--name VALUE (see `python dstrain/cli.py {command} --help`); quote a value with spaces")
+        return _load(command)(**kwargs)
 
     run.__name__ = command
     run.__doc__ = f"`{command}`: see `python dstrain/cli.py {command} --help`."
@@ -62,7 +67,7 @@ def _strip_launcher_args(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     import fire
 
-    from dstrain.config import UserError
+    from dstrain.config import UserError, flag_value, os_error_message
 
     argv = _strip_launcher_args(sys.argv[1:] if argv is None else argv)
     if len(argv) >= 2 and argv[0] in COMMANDS and argv[1] in ("--help", "-h", "help"):
@@ -72,6 +77,12 @@ def main(argv: list[str] | None = None) -> None:
         fire.Fire({name: _lazy(name) for name in COMMANDS}, command=argv, name="dstrain")
     except UserError as e:
         print(f"dstrain: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except Exception as e:  # a full disk, a read-only or forbidden path: the user's to fix, not a traceback
+        msg = os_error_message(e, flag_value(argv, "out_dir"))
+        if msg is None:
+            raise
+        print(f"dstrain: error: {msg}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 

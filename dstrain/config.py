@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import json
 import os
 import types
@@ -24,6 +25,58 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A setting that is unknown, of the wrong type, or contradicts another one."""
+
+
+# errno of an OSError the user fixes outside the program -> what to do; the CLIs print these on one line
+OS_ERROR_FIXES = {
+    errno.ENOSPC: "Free space there (or lower --keep_last) and relaunch the same command: a training run resumes "
+                  "from its last complete checkpoint, which is kept",
+    errno.EDQUOT: "Free space within your quota and relaunch the same command: a training run resumes from its "
+                  "last complete checkpoint, which is kept",
+    errno.EROFS: "It is on a read-only filesystem: choose an output folder on a writable one",
+    errno.EACCES: "Choose a path you are allowed to use, or fix its permissions",
+    errno.EPERM: "Choose a path you are allowed to use, or fix its permissions",
+}
+
+
+def os_error_message(e: BaseException | None, out_dir: str | None = None) -> str | None:
+    """One line for an OSError (or an error caused by one) that the user can fix, else None.
+
+    torch.save reports a failed write without its errno ("unexpected pos ...", "file write failed"); such an
+    error while `out_dir`'s filesystem is (nearly) full is a full disk too."""
+    chain, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for x in chain:
+        if isinstance(x, OSError) and x.errno in OS_ERROR_FIXES:
+            where = f"{x.filename}: " if x.filename else ""
+            return f"{where}{x.strerror or os.strerror(x.errno)}. {OS_ERROR_FIXES[x.errno]}"
+    torch_write = [x for x in chain if isinstance(x, RuntimeError) and any(
+        s in str(x) for s in ("inline_container", "PytorchStreamWriter", "file write failed"))]
+    if torch_write and out_dir:
+        import shutil
+
+        where = Path(out_dir)
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        free = shutil.disk_usage(where).free
+        if free < 16 << 20:
+            first = str(torch_write[0]).strip().splitlines()[0][:200]
+            return (f"{out_dir}: no space left on device ({free // 1024} KiB free; a write failed: {first}). "
+                    f"{OS_ERROR_FIXES[errno.ENOSPC]}")
+    return None
+
+
+def flag_value(argv: list[str], name: str) -> str | None:
+    """The value of `--name VALUE` or `--name=VALUE` in a command line, or None."""
+    for i, a in enumerate(argv):
+        if a == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(f"--{name}="):
+            return a.split("=", 1)[1]
+    return None
 
 
 T = TypeVar("T")

@@ -1,7 +1,5 @@
 """Teacher loading, student construction and initialisation, and MLM heads run on selected rows only.
-
-    python dstrain/cli.py init_student --teacher bert-base-uncased --out_dir students/d6
-    python dstrain/cli.py init_student --teacher runs/teacher/student --out_dir s --layer_map reference
+The `init_student` command (a student written without training) is dstrain/init_student.py.
 
 Student layout (docs/METHOD.md): same hidden size and heads as the teacher, half the layers, no token-type
 embeddings, no pooler.
@@ -22,7 +20,6 @@ teacher's logits (tests/train/test_models.py checks this).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -33,7 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from dstrain.config import UserError, build_config, opt, require
+from dstrain.config import UserError
 
 log = logging.getLogger("dstrain")
 
@@ -49,13 +46,9 @@ def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device: 
     """
     from transformers import AutoModelForMaskedLM
 
-    try:
-        teacher = AutoModelForMaskedLM.from_pretrained(name_or_path, dtype=dtype)
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(
-            f"--teacher {name_or_path}: cannot load a masked-LM from it ({str(e).splitlines()[0]}). Pass a folder "
-            f"written by save_pretrained (config.json + weights) or a model name already in the Hugging Face "
-            f"cache (HF_HUB_OFFLINE is {os.environ.get('HF_HUB_OFFLINE', 'unset')}).") from None
+    from dstrain.hf_io import load_pretrained
+
+    teacher = load_pretrained(AutoModelForMaskedLM, name_or_path, "teacher", "a masked-LM", dtype=dtype)
     teacher.to(device)
     teacher.eval()
     teacher.requires_grad_(False)
@@ -249,26 +242,7 @@ class StudentForDistill(nn.Module):
         return mlm_forward(self.model, input_ids, attention_mask, rows)
 
 
-# ----------------------------------------------------------------------------------------- command
-@dataclasses.dataclass
-class InitStudentConfig:
-    """Write a student initialised from a teacher, without training, to inspect it."""
-
-    teacher: str = opt(None, "teacher: a save_pretrained folder or a cached Hugging Face name (BERT or RoBERTa family)")
-    out_dir: str = opt(None, "folder to write the student to (config, safetensors, tokenizer)")
-    student_layers: int = opt(0, "student depth; 0 = half the teacher's layers")
-    layer_map: str = opt("even", "teacher layers copied into the student: even, reference ([0,2,4,7,9,11] for 12->6) or a list")
-    student_init: str = opt("teacher", "teacher (copy mapped layers, embeddings, MLM head) or random (ablation)")
-    seed: int = opt(0, "seed for the random parts")
-    overwrite: bool = opt(False, "replace an existing --out_dir")
-
-    def validate(self) -> None:
-        require(bool(self.teacher), "teacher", "is required: a folder written by save_pretrained or a model name")
-        require(bool(self.out_dir), "out_dir", "is required: where to write the student")
-        require(self.student_layers >= 0, "student_layers", "must be >= 0 (0 = half the teacher)")
-        require(self.student_init in ("teacher", "random"), "student_init", "must be teacher or random")
-
-
+# ----------------------------------------------------------------------------------------- saving
 def save_hf_model(model: nn.Module, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None,
                   state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """save_pretrained (safetensors) + tokenizer into `out_dir`, written to a temp folder then renamed."""
@@ -285,36 +259,3 @@ def save_hf_model(model: nn.Module, out_dir: str | os.PathLike, tokenizer_dir: s
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
-
-
-def init_student(**kwargs) -> str:
-    """Build a student from --teacher (half its layers, mapped layers copied) and save it to --out_dir."""
-    cfg = build_config(InitStudentConfig, kwargs, "init_student")
-    out = Path(cfg.out_dir)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise UserError(f"--out_dir {out}: exists and is not empty; choose a new folder or pass --overwrite true")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    teacher = load_teacher(cfg.teacher)
-    student, lmap = build_student(teacher, teacher.config, cfg.student_layers or None, cfg.layer_map,
-                                  cfg.student_init, cfg.seed)
-    tok_dir = cfg.teacher if (Path(cfg.teacher) / "tokenizer_config.json").is_file() else None
-    if tok_dir is None:
-        try:
-            from transformers import AutoTokenizer
-
-            AutoTokenizer.from_pretrained(cfg.teacher)
-            tok_dir = cfg.teacher
-        except (OSError, ValueError):
-            log.warning("--teacher %s has no tokenizer; the student folder will have none", cfg.teacher)
-    save_hf_model(student, out, tok_dir)
-    n_s = sum(p.numel() for p in student.parameters())
-    n_t = sum(p.numel() for p in teacher.parameters())
-    info = {"teacher": cfg.teacher, "layer_map": lmap, "student_init": cfg.student_init,
-            "student_params": n_s, "teacher_params": n_t}
-    (out / "dstrain_init.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(f"student {student.config.model_type} with {n_s / 1e6:.2f}M parameters "
-          f"({100 * n_s / n_t:.0f}% of the teacher), layer map {lmap}, written to {out}")
-    return str(out)
-
-
-init_student.config_class = InitStudentConfig

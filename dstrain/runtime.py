@@ -168,6 +168,15 @@ def load_ds_config(path: str | os.PathLike) -> dict[str, Any]:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"--ds_config {path}: not valid JSON ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--ds_config {path}: cannot read it ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"--ds_config {path}: holds a JSON {type(cfg).__name__}, not an object of DeepSpeed "
+                          f"settings such as {{\"zero_optimization\": {{\"stage\": 2}}}}")
+    bad = [k for k in ("fp16", "bf16", "zero_optimization", "optimizer", "scheduler") if k in cfg and not isinstance(cfg[k], dict)]
+    if bad:
+        raise ConfigError(f"--ds_config {path}: \"{bad[0]}\" must be an object of settings (e.g. {{\"enabled\": true}}), "
+                          f"got {json.dumps(cfg[bad[0]])}")
     check_ds_keys(cfg, str(path))
     return cfg
 

@@ -177,6 +177,10 @@ def run(cfg: BenchmarkConfig) -> dict[str, Any]:
     device = _resolve_device(cfg)
     precisions = _resolve_precisions(cfg, device)
     specs = [M.resolve_spec(s) for s in cfg.models]
+    from dstrain.outputs import check_not_inputs  # results never land in (or around) a model folder
+
+    check_not_inputs(out_dir, {"models": [s.source for s in specs if s.kind == "folder"],
+                               "tokenizer": cfg.tokenizer if cfg.tokenizer not in ("auto", "none") else None})
     names = [s.name for s in specs]
     if len(set(names)) != len(names):  # two folders both called "student": label them by path
         for s in specs:

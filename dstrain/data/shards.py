@@ -73,6 +73,7 @@ class ShardSet:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{mpath}: not valid JSON ({e}); rebuild the folder with data_prep/build_shards.py") from None
         _check_manifest(manifest, mpath)
+        _check_tokenizer(root, manifest["tokenizer"])
         if split not in manifest["splits"]:
             raise UserError(f"{mpath}: no split {split!r} (has {', '.join(sorted(manifest['splits']))})")
         entries = list(manifest["splits"][split]["shards"])
@@ -174,6 +175,32 @@ def _check_manifest(m: Any, mpath: Path) -> None:
     missing += [f"tokenizer.{k}" for k in TOKENIZER_KEYS if k not in m.get("tokenizer", {})]
     if missing:
         raise UserError(f"{mpath}: missing key(s) {', '.join(missing)}; rebuild with data_prep/build_shards.py")
+
+
+def _check_tokenizer(root: Path, info: dict[str, Any]) -> None:
+    """DIR/tokenizer must be the tokenizer the shards were built with: same vocabulary fingerprint (manifests
+    before the fingerprint: same size). A replaced tokenizer/ would train on ids that mean other words."""
+    from dstrain.hf_io import vocab_fingerprint
+
+    path = root / "tokenizer" / "tokenizer.json"
+    rebuild = (f"Put back the tokenizer the shards were built with ({info.get('name_or_path')}), or rebuild them "
+               f"with data_prep/build_shards.py --tokenizer YOUR_TOKENIZER")
+    if not path.is_file():
+        raise UserError(f"data folder {root}: no tokenizer/tokenizer.json, so its token ids cannot be read. {rebuild}")
+    try:
+        from tokenizers import Tokenizer
+
+        vocab = Tokenizer.from_file(str(path)).get_vocab(with_added_tokens=True)
+    except Exception as e:
+        raise UserError(f"{path}: cannot load it ({type(e).__name__}: {e}). {rebuild}") from None
+    want = info.get("vocab_fingerprint")
+    if want is not None and vocab_fingerprint(vocab) != want:
+        raise UserError(f"data folder {root}: tokenizer/ is not the tokenizer the shards were built with (vocabulary "
+                        f"fingerprint {vocab_fingerprint(vocab)}, {len(vocab)} tokens; manifest.json: {want}, "
+                        f"{info['vocab_size']} tokens): it was replaced. {rebuild}")
+    if want is None and len(vocab) != int(info["vocab_size"]):
+        raise UserError(f"data folder {root}: tokenizer/ has {len(vocab)} tokens but manifest.json says the shards "
+                        f"were built with {info['vocab_size']}: it was replaced. {rebuild}")
 
 
 def _check_shard_file(path: Path, entry: dict[str, Any], do_hash: bool) -> str | None:

@@ -119,6 +119,11 @@ def _check_model_dir(path: str, setting: str, need_config: bool = True) -> None:
 def _load_tokenizer(path: str, setting: str):
     from transformers import AutoTokenizer
 
+    from dstrain.hf_io import require_tokenizer
+
+    # a model folder without tokenizer files would "load" a 5-token tokenizer that maps every word to [UNK]
+    require_tokenizer(path, setting, "Pass --tokenizer with the folder of the tokenizer the model was trained "
+                                     "with (for a distill or pretrain run: its --data folder's tokenizer/)")
     try:
         return AutoTokenizer.from_pretrained(path)
     except Exception as e:
@@ -126,11 +131,24 @@ def _load_tokenizer(path: str, setting: str):
                         f"folder of the tokenizer the model was trained with.") from None
 
 
+# What a finetune run writes into --out_dir: all that --overwrite may replace.
+OWNED = ("config.json", "tb", "model", "predictions.json", "predictions.jsonl", "nbest_predictions.json",
+         "metrics.json", "seed-*", "*.tmp-*")
+
+
 def _prepare_out_dir(cfg: FinetuneConfig) -> Path:
+    from dstrain.outputs import check_out_dir, foreign_entries
+
     out = Path(cfg.out_dir)
+    marker = check_out_dir(out, "finetune", {"model": cfg.model, "teacher": cfg.teacher, "tokenizer": cfg.tokenizer,
+                                             "data_dir": cfg.data_dir, "ds_config": cfg.ds_config})
     if (out / "metrics.json").exists() and not cfg.overwrite:
         raise UserError(f"--out_dir {out}: already holds a finished run (metrics.json); choose another folder "
                         f"or pass --overwrite true")
+    foreign = foreign_entries(out, marker, OWNED) if marker is not None and cfg.overwrite else []
+    if foreign:
+        raise UserError(f"--out_dir {out}: --overwrite replaces only what finetune wrote, but the folder also holds "
+                        f"{', '.join(foreign[:5])}; move those away or choose another folder")
     return out
 
 
@@ -270,31 +288,22 @@ def evaluate_squad(model, cfg, examples, eval_feats, keys, pad_id, bs, dist):
 # --------------------------------------------------------------------------------------------- one run
 
 
-def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict, batch: tuple[int, int, int],
-             tokenizer, data: dict, task) -> dict:
-    """Train and evaluate one seed; returns the metrics written to run_dir/metrics.json."""
-    import deepspeed
-    import torch
-    from torch.utils.data import DataLoader, DistributedSampler
+def load_model(cfg: FinetuneConfig, task):
+    """The --model with a fresh head for the task (a span head for SQuAD)."""
     from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
-    from dstrain.finetune import losses
-    from dstrain.runtime import resolve_ds_config
+    from dstrain.hf_io import load_pretrained
 
-    _set_seed(seed)
-    micro, accum, global_bs = batch
-    span = task.kind == "span"
-    try:
-        if span:
-            model = AutoModelForQuestionAnswering.from_pretrained(cfg.model)
-        else:
-            extra = {"problem_type": "regression"} if task.kind == "regression" else {
-                "id2label": dict(enumerate(task.labels)), "label2id": {n: i for i, n in enumerate(task.labels)}}
-            # ignore_mismatched_sizes: a model fine-tuned on another task keeps its body, gets a fresh head.
-            model = AutoModelForSequenceClassification.from_pretrained(
-                cfg.model, num_labels=task.num_labels, ignore_mismatched_sizes=True, **extra)
-    except (OSError, ValueError) as e:
-        raise UserError(f"--model {cfg.model}: could not load it as a Hugging Face model ({e})") from None
+    if task.kind == "span":
+        return load_pretrained(AutoModelForQuestionAnswering, cfg.model, "model")
+    extra = {"problem_type": "regression"} if task.kind == "regression" else {
+        "id2label": dict(enumerate(task.labels)), "label2id": {n: i for i, n in enumerate(task.labels)}}
+    # ignore_mismatched_sizes: a model fine-tuned on another task keeps its body, gets a fresh head.
+    return load_pretrained(AutoModelForSequenceClassification, cfg.model, "model", num_labels=task.num_labels,
+                           ignore_mismatched_sizes=True, **extra)
+
+
+def check_model(cfg: FinetuneConfig, model, tokenizer) -> None:
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(f"--model {cfg.model}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary "
                         f"is {model.config.vocab_size}; pass the --tokenizer the model was trained with")
@@ -305,26 +314,48 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
     if positions and cfg.seq_len() > positions:
         raise UserError(f"--max_seq_length {cfg.seq_len()}: the model {cfg.model} has only {positions} positions; "
                         f"pass --max_seq_length {positions} or less")
+
+
+def load_teacher(cfg: FinetuneConfig, task, tokenizer, model):
+    """The --teacher of a second distillation step, checked against the task and the student `model`."""
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+
+    from dstrain.hf_io import load_pretrained
+
+    span = task.kind == "span"
+    cls = AutoModelForQuestionAnswering if span else AutoModelForSequenceClassification
+    teacher, info = load_pretrained(cls, cfg.teacher, "teacher", "a fine-tuned model", output_loading_info=True)
+    check_teacher(cfg, task, info, teacher, tokenizer)
+    if not span and teacher.config.num_labels != task.num_labels:
+        raise UserError(f"--teacher {cfg.teacher}: has {teacher.config.num_labels} outputs but {task.name} "
+                        f"needs {task.num_labels}; pass a teacher fine-tuned on {task.name}")
+    t_names = [str(teacher.config.id2label.get(i, "")) for i in range(task.num_labels)] if not span else []
+    if task.labels and set(t_names) == set(task.labels) and t_names != list(task.labels):
+        raise UserError(f"--teacher {cfg.teacher}: its labels are in the order {t_names}, {task.name} uses "
+                        f"{list(task.labels)}; its logits would be matched to the wrong classes")
+    if teacher.config.vocab_size != model.config.vocab_size:
+        raise UserError(f"--teacher {cfg.teacher}: vocabulary of {teacher.config.vocab_size} tokens, the student "
+                        f"has {model.config.vocab_size}; teacher and student must share the tokenizer")
+    return teacher
+
+
+def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict, batch: tuple[int, int, int],
+             tokenizer, data: dict, task, teacher) -> dict:
+    """Train and evaluate one seed; returns the metrics written to run_dir/metrics.json."""
+    import deepspeed
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from dstrain.finetune import losses
+    from dstrain.runtime import resolve_ds_config
+
+    _set_seed(seed)  # before loading: the fresh task head is initialised from this seed
+    micro, accum, global_bs = batch
+    span = task.kind == "span"
+    model = load_model(cfg, task)
     keys = _model_input_keys(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    teacher = None
-    if cfg.teacher:
-        cls = AutoModelForQuestionAnswering if span else AutoModelForSequenceClassification
-        try:
-            teacher = cls.from_pretrained(cfg.teacher)
-        except (OSError, ValueError) as e:
-            raise UserError(f"--teacher {cfg.teacher}: could not load it as a Hugging Face model ({e})") from None
-        if not span and teacher.config.num_labels != task.num_labels:
-            raise UserError(f"--teacher {cfg.teacher}: has {teacher.config.num_labels} outputs but {task.name} "
-                            f"needs {task.num_labels}; pass a teacher fine-tuned on {task.name}")
-        t_names = [str(teacher.config.id2label.get(i, "")) for i in range(task.num_labels)] if not span else []
-        if task.labels and set(t_names) == set(task.labels) and t_names != list(task.labels):
-            raise UserError(f"--teacher {cfg.teacher}: its labels are in the order {t_names}, {task.name} uses "
-                            f"{list(task.labels)}; its logits would be matched to the wrong classes")
-        if teacher.config.vocab_size != model.config.vocab_size:
-            raise UserError(f"--teacher {cfg.teacher}: vocabulary of {teacher.config.vocab_size} tokens, the student "
-                            f"has {model.config.vocab_size}; teacher and student must share the tokenizer")
+    if teacher is not None:
         teacher.eval().requires_grad_(False).to(dist.device)
         teacher_keys = _model_input_keys(teacher)
 
@@ -349,6 +380,10 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
     if dist.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
+        if cfg.overwrite and seed == cfg.seed:  # the earlier run's files, checked to be ours in _prepare_out_dir
+            from dstrain.outputs import read_marker, remove_owned
+
+            remove_owned(Path(cfg.out_dir), read_marker(Path(cfg.out_dir)), OWNED)
         run_dir.mkdir(parents=True, exist_ok=True)
         # All checks passed and output starts now: an old metrics.json (--overwrite) would make this
         # half-done rerun look finished.
@@ -472,6 +507,26 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
     return metrics
 
 
+def check_teacher(cfg: FinetuneConfig, task, info: dict, teacher, tokenizer) -> None:
+    """A second-step teacher must be fine-tuned (no weight left to random init) and read the student's token ids."""
+    from transformers import AutoTokenizer
+
+    from dstrain.hf_io import has_tokenizer
+
+    missing = sorted(info.get("missing_keys", ()))
+    if missing:
+        raise UserError(f"--teacher {cfg.teacher}: its checkpoint has no weights for {', '.join(missing[:4])}"
+                        f"{' ...' if len(missing) > 4 else ''} (transformers would start them at random), so it was "
+                        f"never fine-tuned on {task.name}. Fine-tune it first (python dstrain/cli.py finetune --model "
+                        f"{cfg.teacher} --task {task.name} --out_dir T) and pass --teacher T/model")
+    if Path(cfg.teacher).is_dir() and has_tokenizer(cfg.teacher):
+        t_vocab, s_vocab = AutoTokenizer.from_pretrained(cfg.teacher).get_vocab(), tokenizer.get_vocab()
+        if t_vocab != s_vocab:
+            raise UserError(f"--teacher {cfg.teacher}: its tokenizer ({teacher.config.model_type}, {len(t_vocab)} "
+                            f"tokens) is not the student's ({len(s_vocab)} tokens): it would read the student's token "
+                            f"ids as other words. Pass a teacher fine-tuned from a model with the student's tokenizer")
+
+
 def _save_model(model, tokenizer, dest: Path) -> None:
     """save_pretrained into dest.tmp-PID, then rename, so a crash never leaves a half-written model/."""
     tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
@@ -525,6 +580,7 @@ def prepare_data(cfg: FinetuneConfig, task, tokenizer) -> dict:
 
 def finetune(**kwargs):
     """Fine-tune a model folder on a task and evaluate it with the task's official metric."""
+    from dstrain.outputs import lock_out_dir
     from dstrain.runtime import derive_batch, init_distributed, load_ds_config, setup_logging
 
     cfg = build_config(FinetuneConfig, kwargs, command="finetune")
@@ -536,9 +592,15 @@ def finetune(**kwargs):
         _check_model_dir(cfg.tokenizer, "tokenizer", need_config=False)
     out = _prepare_out_dir(cfg)
     tokenizer = _load_tokenizer(cfg.tokenizer or cfg.model, "tokenizer" if cfg.tokenizer else "model")
-    data = prepare_data(cfg, task, tokenizer)  # all bad-input errors surface here, before any output
+    # every bad input surfaces before the process group and any output: models, teacher, data
+    model = load_model(cfg, task)
+    check_model(cfg, model, tokenizer)
+    teacher = load_teacher(cfg, task, tokenizer, model) if cfg.teacher else None
+    del model  # each seed loads its own, its head initialised from its seed
+    data = prepare_data(cfg, task, tokenizer)
     dist = init_distributed()
     setup_logging(dist.rank)
+    lock = lock_out_dir(out, "finetune", dist.rank, dist.world_size)  # noqa: F841  (held until finetune returns)
     ds_path = cfg.ds_config or str(ROOT / "ds_configs" / (
         "finetune_gpu.json" if dist.device.type == "cuda" else "finetune_cpu.json"))
     ds_base = load_ds_config(ds_path)
@@ -555,7 +617,7 @@ def finetune(**kwargs):
     per_seed = []
     for seed in seeds:
         run_dir = out if cfg.num_seeds == 1 else out / f"seed-{seed}"
-        per_seed.append(_run_one(cfg, seed, run_dir, dist, ds_base, batch, tokenizer, data, task))
+        per_seed.append(_run_one(cfg, seed, run_dir, dist, ds_base, batch, tokenizer, data, task, teacher))
     result = per_seed[0]
     if cfg.num_seeds > 1:
         result = {"task": task.name, "model": cfg.model, "teacher": cfg.teacher or None, "seeds": seeds,

