@@ -8,6 +8,8 @@ it. It does nothing unless DSTRAIN_INJECT holds a JSON object; its keys (all opt
     kill_at_micro   SIGKILL this rank at the start of its N-th micro-step (1-based) of this process: with
                     grad_accum_steps 2, N = 2k is mid-way through optimizer step k (one micro-batch's
                     backward done, the other not), so the other ranks are left inside the step
+    hang_at_micro   this rank stops at the start of its N-th micro-step and sleeps forever, alive (a rank stuck
+                    in a hung read or kernel): the other ranks wait for it in their next collective
     kill_on_replace SIGKILL this rank just before it os.replace()s a file whose path ends with this string
                     (e.g. "step-00000006/COMPLETE": dies mid-save, everything but the marker written)
     rmtree_fails    shutil.rmtree of a folder with this name raises PermissionError on this rank
@@ -15,7 +17,7 @@ it. It does nothing unless DSTRAIN_INJECT holds a JSON object; its keys (all opt
     trace           folder: every rank appends one JSON line per micro-step to trace/rank<R>.jsonl with
                     the optimizer step being computed and a fingerprint of each sample of the micro-batch
                     (its original token ids, recovered from the masked input and the MLM labels)
-    note            folder: before a kill this rank writes note/killed.json {rank, time, what}
+    note            folder: before a kill or a hang this rank writes note/killed.json {rank, time, what}
 
 The trace is written and flushed before the micro-step runs, so a SIGKILL never loses a line.
 """
@@ -75,6 +77,14 @@ def _patch_step(module) -> None:
                 f.flush()
         if acts and calls[0] == _SPEC.get("kill_at_micro"):
             _die(f"at micro-step {calls[0]} (optimizer step {int(engine.global_steps) + 1})")
+        if acts and calls[0] == _SPEC.get("hang_at_micro"):
+            import sys
+            import time
+
+            _note(f"hangs at micro-step {calls[0]}")
+            print(f"[fault injection] rank {_RANK}: hangs at micro-step {calls[0]}", file=sys.stderr, flush=True)
+            while True:
+                time.sleep(3600)
         return orig(engine, teacher, batch, *args, **kwargs)
 
     module.micro_step = micro_step
@@ -106,7 +116,7 @@ def _after_import(name: str, patch) -> None:
 
 def _install() -> None:
     acts = str(_SPEC.get("rank", 0)) == _RANK
-    if _SPEC.get("trace") or (acts and "kill_at_micro" in _SPEC):
+    if _SPEC.get("trace") or (acts and ("kill_at_micro" in _SPEC or "hang_at_micro" in _SPEC)):
         _after_import("dstrain.train.step", _patch_step)
     if acts and _SPEC.get("kill_on_replace"):
         real_replace = os.replace
