@@ -755,11 +755,11 @@ class Trainer:
         """Save the diverged state aside (never as `latest`), write RUN/DIVERGED, stop with a message."""
         d = self.save(step, tag=f"diverged-step-{step:08d}", update_latest=False)
         good = self.ckpt.find_resume()  # collective: every rank reaches here at the same step
+        advice = "resume with --resume auto" if why else "lower --lr, raise --warmup_frac, or use bf16, then resume with --resume auto"
         why = why or (f"{self.consecutive_bad} consecutive steps ({first}..{step}) had a non-finite loss or were "
                       f"skipped at the minimum fp16 loss scale")
         msg = (f"training diverged: {why}. The diverged state is in {d} (never resumed from, nothing exported); "
-               f"the last good checkpoint is {good or 'none'}. Lower --lr, raise --warmup_frac, or use bf16, then "
-               f"resume with --resume auto.")
+               f"the last good checkpoint is {good or 'none'}: {advice}.")
         if self.dist.is_main:
             atomic_write_text(self.out / "DIVERGED", msg + "\n")
         for w in (writer, self._writer, bar, self._bar):

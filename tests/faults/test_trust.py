@@ -64,3 +64,20 @@ def test_nonfinite_loss_at_the_end_is_not_a_finished_run(tmp_path, tiny_teacher_
     assert sorted(p.name for p in ck.glob("step-*")) == [f"step-{LAST - 2:08d}"]
     assert not (out / "student").exists() and not (out / "metrics.json").exists()
     assert Checkpointer(out, 10, 0, 2).find_resume() == f"step-{LAST - 2:08d}"
+
+
+def test_nonfinite_weights_are_never_saved_as_good_nor_exported(tmp_path, tiny_teacher_dir, tiny_shards_dir):
+    """A weight turns NaN on one rank right after step 2 while the loss stays finite: the step-2 save finds it
+    (all ranks agree), keeps that state only as diverged-step-2, names nothing `latest`, exports nothing and
+    exits 2 (it used to become `latest`; the run went on and exited 0)."""
+    out = tmp_path / "run"
+    job = run_job(distill_args(tiny_teacher_dir, tiny_shards_dir, out, max_steps=LAST), tmp_path / "log.txt",
+                  inject={"rank": 1, "nan_weight_at_step": 2}, expect_rc=2)
+    log = job.output()
+    assert "[fault injection] rank 1: NaN written into" in log
+    assert "training diverged: the weights hold NaN/inf at step 2 (1 tensors over all ranks" in log, log[-4000:]
+    assert "Traceback" not in log
+    ck = out / "checkpoints"
+    assert not (ck / "latest").exists() and not list(ck.glob("step-*"))
+    assert verify(ck / "diverged-step-00000002") is None  # kept for inspection, never resumed from
+    assert not (out / "student").exists() and not (out / "metrics.json").exists()

@@ -36,11 +36,11 @@ def _wait_log(cluster, out, job, text: str, timeout: float = 180) -> None:
 
 
 def test_time_limit_signal_checkpoints_before_the_kill(slurm_cluster, tmp_path, tiny_teacher, tiny_shards_dir):
-    """--time=1 with --signal=B:USR1@45: Slurm's own timer sends USR1 (no scancel from the test); the run stops at
+    """--time=2 with --signal=B:USR1@90: Slurm's own timer sends USR1 (no scancel from the test); the run stops at
     a step boundary with a complete checkpoint and RUN/PREEMPTED before the time limit. MAX_REQUEUES=0 keeps
     the job from coming back (the requeue itself is tested in test_templates.py), so it ends saying so."""
     job, out = submit(slurm_cluster, tmp_path, "slurm/distill_8node.sh", "--max_steps", "100000", *TINY_ARGS,
-                      sbatch=(*ONE_NODE, "--time=1", "--signal=B:USR1@45", "--job-name=tlim"),
+                      sbatch=(*ONE_NODE, "--time=2", "--signal=B:USR1@90", "--job-name=tlim"),
                       TEACHER=str(tiny_teacher), DATA=str(tiny_shards_dir), MAX_REQUEUES="0", RESIGNAL_SECS="5")
     info = slurm_cluster.wait(job, timeout=240)
     log = log_of(out, job)

@@ -10,6 +10,9 @@ it. It does nothing unless DSTRAIN_INJECT holds a JSON object; its keys (all opt
                     backward done, the other not), so the other ranks are left inside the step
     hang_at_micro   this rank stops at the start of its N-th micro-step and sleeps forever, alive (a rank stuck
                     in a hung read or kernel): the other ranks wait for it in their next collective
+    nan_weight_at_step
+                    right after optimizer step N this rank writes NaN into the last row of its position
+                    embeddings (a row no sequence reaches, so the loss stays finite): a weight gone bad in memory
     kill_on_replace SIGKILL this rank just before it os.replace()s a file whose path ends with this string
                     (e.g. "step-00000006/COMPLETE": dies mid-save, everything but the marker written)
     rmtree_fails    shutil.rmtree of a folder with this name raises PermissionError on this rank
@@ -70,6 +73,8 @@ def _patch_step(module) -> None:
 
     def micro_step(engine, teacher, batch, *args, **kwargs):
         calls[0] += 1
+        if acts and _SPEC.get("nan_weight_at_step") and not getattr(engine, "_fault_step_wrapped", False):
+            _wrap_engine_step(engine, int(_SPEC["nan_weight_at_step"]))
         if _SPEC.get("trace"):
             os.makedirs(_SPEC["trace"], exist_ok=True)
             with open(os.path.join(_SPEC["trace"], f"rank{_RANK}.jsonl"), "a") as f:
@@ -88,6 +93,30 @@ def _patch_step(module) -> None:
         return orig(engine, teacher, batch, *args, **kwargs)
 
     module.micro_step = micro_step
+
+
+def _wrap_engine_step(engine, at_step: int) -> None:
+    """engine.step (looked up on the instance by micro_step) followed by NaN written into one weight."""
+    import sys
+
+    import torch
+
+    real_step = engine.step
+
+    def step(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        if int(engine.global_steps) == at_step:
+            for name, p in engine.module.named_parameters():
+                if "position_embeddings" in name:
+                    with torch.no_grad():
+                        p.data[-1].fill_(float("nan"))
+                    print(f"[fault injection] rank {_RANK}: NaN written into {name} after step {at_step}",
+                          file=sys.stderr, flush=True)
+                    break
+        return out
+
+    engine.step = step
+    engine._fault_step_wrapped = True
 
 
 def _after_import(name: str, patch) -> None:
@@ -116,7 +145,7 @@ def _after_import(name: str, patch) -> None:
 
 def _install() -> None:
     acts = str(_SPEC.get("rank", 0)) == _RANK
-    if _SPEC.get("trace") or (acts and ("kill_at_micro" in _SPEC or "hang_at_micro" in _SPEC)):
+    if _SPEC.get("trace") or (acts and {"kill_at_micro", "hang_at_micro", "nan_weight_at_step"} & set(_SPEC)):
         _after_import("dstrain.train.step", _patch_step)
     if acts and _SPEC.get("kill_on_replace"):
         real_replace = os.replace
