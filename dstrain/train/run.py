@@ -271,10 +271,11 @@ def strict_metrics(m: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def finished_decision(cfg: TrainConfig, out: Path) -> str | None:
+def finished_decision(cfg: TrainConfig, resolved: dict[str, Any], out: Path) -> str | None:
     """What a launch into `out` may do when it holds a finished run (metrics.json, written last, after
     student/): "finished" (nothing to do, exit 0), "continue" (--continue_finished to a larger --max_steps),
-    None (not finished). Anything else is refused: a finished run is final unless continued on purpose."""
+    None (not finished). Anything else is refused: a finished run is final unless continued on purpose.
+    `resolved` is what this launch would write to config.json (derived batch sizes filled in)."""
     m = out / "metrics.json"
     if not m.is_file():
         return None
@@ -284,7 +285,7 @@ def finished_decision(cfg: TrainConfig, out: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"--out_dir {out}: metrics.json or config.json is unreadable, so whether this run finished "
                         f"is unknown; use a new --out_dir (or delete metrics.json to let the run resume)") from None
-    cur = config_to_dict(cfg)
+    cur = {k: resolved[k] for k in config_to_dict(cfg)}
     changed = sorted(k for k in cur if k not in VOLATILE and k in saved and saved[k] != cur[k])
     where = f"--out_dir {out} holds a run that finished at step {done} (student/, metrics.json)"
     if cfg.max_steps == done and not changed:
@@ -468,7 +469,7 @@ class Trainer:
 
         from dstrain.checkpoint import on_rank0
 
-        what = on_rank0(lambda: finished_decision(self.cfg, self.out))
+        what = on_rank0(lambda: finished_decision(self.cfg, self.resolved, self.out))
         if what == "finished":
             log.info("%s already finished at step %d (student/ and metrics.json written); nothing to do",
                      self.out, start)

@@ -16,7 +16,11 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from dstrain.checkpoint import verify
+from dstrain.config import UserError, config_to_dict
+from dstrain.train.run import DistillConfig, finished_decision
 from tests.faults.conftest import LIFECYCLE_STEPS as LAST
 from tests.faults.conftest import strict_json
 
@@ -71,3 +75,27 @@ def test_continuing_a_finished_run_is_an_explicit_choice(lifecycle_chain):
     assert m["step"] == LAST + 2 and m["checkpoint"] == f"step-{LAST + 2:08d}"
     assert json.loads((out / "config.json").read_text())["max_steps"] == LAST + 2
     assert m["teacher_mlm_loss"] == lifecycle_chain["metrics_before_f"]["teacher_mlm_loss"]
+
+
+def test_finished_decision_compares_what_config_json_holds(tmp_path):
+    """The decision itself, on the files a finished run leaves (config.json holds the derived batch sizes, so a
+    command that leaves them to be derived is still the same command)."""
+    def launch(**kw):
+        kw = {"max_steps": LAST, **kw}
+        cfg = DistillConfig(teacher="T", data="S", out_dir=str(tmp_path), micro_batch_size_per_gpu=4,
+                            grad_accum_steps=2, **kw)
+        return cfg, {**config_to_dict(cfg), "global_batch_size": 16, "world_size": 2}
+
+    assert finished_decision(*launch(), tmp_path) is None  # nothing there yet
+    cfg, resolved = launch()
+    (tmp_path / "config.json").write_text(json.dumps(resolved))
+    (tmp_path / "metrics.json").write_text(json.dumps({"step": LAST}))
+    assert finished_decision(*launch(), tmp_path) == "finished"
+    assert finished_decision(*launch(save_every=1, keep_last=1, resume="true"), tmp_path) == "finished"
+    with pytest.raises(UserError, match=r"--lr 0.0005 -> 0.001\); nothing was changed"):
+        finished_decision(*launch(lr=1e-3), tmp_path)
+    with pytest.raises(UserError, match="--continue_finished true"):
+        finished_decision(*launch(max_steps=LAST + 1), tmp_path)
+    assert finished_decision(*launch(max_steps=LAST + 1, continue_finished=True), tmp_path) == "continue"
+    with pytest.raises(UserError, match="beyond --max_steps 1"):
+        finished_decision(*launch(max_steps=1), tmp_path)

@@ -1,7 +1,7 @@
 """How a Slurm job of slurm/distill_8node.sh stops, on the real local cluster (issue #13 items 1 and 9):
 
     --time limit   Slurm itself sends USR1 (--signal=B:USR1@SECS) to the batch shell before the limit; the
-                   ranks checkpoint and exit before the limit's SIGKILL
+                   ranks checkpoint and exit before the limit's SIGKILL, and the job requeues itself
     plain scancel  SIGTERM to the batch shell and every process of the step: the ranks checkpoint within
                    KillWait; the job ends CANCELLED (not requeued); a resubmission into the same run folder
                    finishes it, and one more (a requeue of a finished job) exits 0 having done nothing
@@ -35,24 +35,26 @@ def _wait_log(cluster, out, job, text: str, timeout: float = 180) -> None:
         time.sleep(0.5)
 
 
-def test_time_limit_signal_checkpoints_before_the_kill(slurm_cluster, tmp_path, tiny_teacher, tiny_shards_dir):
+def test_time_limit_signal_checkpoints_and_requeues_before_the_kill(slurm_cluster, tmp_path, tiny_teacher,
+                                                                    tiny_shards_dir):
     """--time=2 with --signal=B:USR1@90: Slurm's own timer sends USR1 (no scancel from the test); the run stops at
-    a step boundary with a complete checkpoint and RUN/PREEMPTED before the time limit. MAX_REQUEUES=0 keeps
-    the job from coming back (the requeue itself is tested in test_templates.py), so it ends saying so."""
+    a step boundary with a complete checkpoint and RUN/PREEMPTED before the time limit, and the job requeues
+    itself (a TIMEOUT would end it instead). The requeued job is then cancelled: the resume itself is tested
+    in test_templates.py."""
     job, out = submit(slurm_cluster, tmp_path, "slurm/distill_8node.sh", "--max_steps", "100000", *TINY_ARGS,
                       sbatch=(*ONE_NODE, "--time=2", "--signal=B:USR1@90", "--job-name=tlim"),
-                      TEACHER=str(tiny_teacher), DATA=str(tiny_shards_dir), MAX_REQUEUES="0", RESIGNAL_SECS="5")
-    info = slurm_cluster.wait(job, timeout=240)
+                      TEACHER=str(tiny_teacher), DATA=str(tiny_shards_dir), RESIGNAL_SECS="5")
+    info = slurm_cluster.wait(job, timeout=300, until=lambda j: int(j["Restarts"]) >= 1
+                              or j["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
     log = log_of(out, job)
-    run = tmp_path / "runs" / f"tlim-{job}"
+    assert info["Restarts"] == "1", (info, log[-6000:])
+    slurm_cluster.run("scancel", str(job))
+    slurm_cluster.wait(job, timeout=120)
     assert "got SIGUSR1" in log, log[-6000:]
-    pre = json.loads((run / "PREEMPTED").read_text())
-    assert pre["signal"] == 10 and pre["step"] >= 1, log[-6000:]
-    ck = run / "checkpoints"
-    assert (ck / "latest").read_text() == pre["checkpoint"] and verify(ck / pre["checkpoint"]) is None
-    assert "not requeueing: job" in log and "MAX_REQUEUES=0" in log
-    assert info["JobState"] == "FAILED" and info["Restarts"] == "0", (info, log[-4000:])
-    assert "TIMEOUT" not in info["JobState"]  # it stopped itself before Slurm's limit killed it
+    m = re.search(r'preempted: \{"step": (\d+), "checkpoint": "(step-\d+)", "signal": 10\}', log)
+    assert m, log[-6000:]
+    assert int(m.group(1)) >= 1 and verify(tmp_path / "runs" / f"tlim-{job}" / "checkpoints" / m.group(2)) is None
+    assert f"requeueing job {job} (restart 1)" in log
 
 
 def test_plain_scancel_checkpoints_then_resubmission_finishes_and_a_requeue_of_it_succeeds(
