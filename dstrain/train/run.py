@@ -303,6 +303,20 @@ def finished_decision(cfg: TrainConfig, resolved: dict[str, Any], out: Path) -> 
                     f"describes its student. Use a new --out_dir to train with these settings.")
 
 
+def _default_group_timeout(minutes: float) -> None:
+    """Make --dist_timeout_minutes the timeout of every process group created from now on. DeepSpeed creates
+    its own groups (ZeRO's gradient reduction runs in one) with torch's default timeout, 30 minutes, whatever
+    the world group has: a stuck rank then held the others for 30 minutes instead of --dist_timeout_minutes
+    (tests/faults/test_signals.py). torch reads these module defaults each time a group is made."""
+    import datetime
+
+    from torch.distributed import distributed_c10d as c10d
+
+    c10d.default_pg_timeout = datetime.timedelta(minutes=minutes)
+    if hasattr(c10d, "default_pg_nccl_timeout"):
+        c10d.default_pg_nccl_timeout = datetime.timedelta(minutes=minutes)
+
+
 def _export_state_dict(engine, ckpt_root: Path, tag: str) -> dict[str, torch.Tensor]:
     """fp32 weights of the student (rank 0): from the ZeRO partitions of the final checkpoint."""
     if engine.zero_optimization_stage() >= 1:
@@ -405,6 +419,7 @@ class Trainer:
 
         cfg = self.cfg
         self.dist = dist = init_distributed(cfg.dist_timeout_minutes)
+        _default_group_timeout(cfg.dist_timeout_minutes)
         setup_logging(dist.rank)
         self.device = dist.device
         self.resume_tag = self.ckpt.find_resume() if cfg.resume != "false" else None
