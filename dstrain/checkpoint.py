@@ -4,20 +4,27 @@ Layout of `RUN/checkpoints/`:
     step-00001000/                 DeepSpeed's files (model + ZeRO optimizer partitions + scheduler)
         dstrain_rank000.pt ...     per rank: RNG states (python, numpy, torch, cuda) and data position
         dstrain_state.json         step, world size, config hash, teacher and tokenizer fingerprints
-        COMPLETE                   written last: JSON {step, files: {relative path: size in bytes}}
+        COMPLETE                   written last: JSON {step, files: {relative path: size in bytes},
+                                   sha256: {relative path: hex digest}}
     latest                         the newest complete tag, replaced atomically after COMPLETE
     diverged-step-00001234/        a run stopped for NaN / stuck loss scale: saved for inspection,
                                    never named by `latest`, never resumed from, never rotated away
 
-A checkpoint counts only if COMPLETE exists and every file it lists is present with its size, so a
-crash (or kill) mid-save, a truncated file or a deleted file is never taken for a good checkpoint: the
-loader logs why it skipped it and falls back to the previous complete one. Keep-last-K deletes old
-checkpoints marker first (a half-deleted one is then just incomplete); a failed deletion is logged,
-not fatal. All ranks call `save`; rank 0 alone writes the shared files. Assumes a shared filesystem.
+A checkpoint counts only if COMPLETE exists and every file it lists is present with its size and its
+sha256, so a crash (or kill) mid-save, a truncated, deleted or overwritten file is never taken for a good
+checkpoint: the loader logs why it skipped it and falls back to the previous complete one. Keep-last-K
+counts only checkpoints that verify (a damaged one never makes it delete the last good one), and deletes
+old checkpoints marker first (a half-deleted one is then just incomplete); a failed deletion is logged,
+not fatal. A complete checkpoint is never deleted to be saved again. All ranks call `save`; rank 0 alone
+writes the shared files. Assumes a shared filesystem.
+
+Hashing costs one read of the checkpoint at save and one at resume (rank 0); a folder verified by this
+process and unchanged since (same sizes and mtimes) is not hashed again (keep-last-K checks every save).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -77,20 +84,40 @@ def _files(d: Path) -> dict[str, int]:
     return {str(p.relative_to(d)): p.stat().st_size for p in sorted(d.rglob("*")) if p.is_file() and p.name != MARKER}
 
 
+def sha256_file(p: Path) -> str:
+    with open(p, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# folder -> (stat signature) of the folders this process hashed and found good: see the module docstring
+_VERIFIED: dict[str, tuple] = {}
+
+
+def _signature(d: Path) -> tuple:
+    return tuple((str(p.relative_to(d)), p.stat().st_size, p.stat().st_mtime_ns)
+                 for p in sorted(d.rglob("*")) if p.is_file())
+
+
 def mark_complete(d: Path, step: int) -> None:
-    """Write the COMPLETE marker listing every file of `d` with its size (last step of a save)."""
+    """Write the COMPLETE marker listing every file of `d` with its size and sha256 (last step of a save)."""
     for p in d.glob("*.tmp-*"):
         p.unlink(missing_ok=True)
-    atomic_write_json(d / MARKER, {"step": step, "files": _files(d)})
+    files = _files(d)
+    atomic_write_json(d / MARKER, {"step": step, "files": files, "sha256": {rel: sha256_file(d / rel) for rel in files}})
+    _VERIFIED[str(d)] = _signature(d)
 
 
 def verify(d: Path) -> str | None:
-    """None if `d` is a complete checkpoint, else why not (for the log)."""
+    """None if `d` is a complete checkpoint whose files all have their recorded size and sha256, else why
+    not (for the log). A marker from before checksums (no "sha256") is checked by size only."""
     marker = d / MARKER
     if not marker.is_file():
         return "no COMPLETE marker (the save did not finish)"
     try:
-        listed = json.loads(marker.read_text())["files"]
+        m = json.loads(marker.read_text())
+        listed, digests = m["files"], m.get("sha256", {})
+        if not isinstance(listed, dict) or not isinstance(digests, dict):
+            raise TypeError
     except (ValueError, KeyError, TypeError):
         return "COMPLETE marker is unreadable"
     for rel, size in listed.items():
@@ -99,7 +126,42 @@ def verify(d: Path) -> str | None:
             return f"{rel} is missing"
         if p.stat().st_size != size:
             return f"{rel} has {p.stat().st_size} bytes, {size} expected (truncated?)"
+    sig = _signature(d)
+    if _VERIFIED.get(str(d)) == sig:
+        return None
+    for rel, digest in digests.items():
+        if rel not in listed or sha256_file(d / rel) != digest:
+            return f"{rel} does not match its sha256 in {MARKER} (its content changed on disk)"
+    _VERIFIED[str(d)] = sig
     return None
+
+
+def nonfinite_params(module: torch.nn.Module) -> list[str]:
+    """Names of the parameters whose local values (this rank's ZeRO-3 partition, else the whole tensor) hold
+    NaN or inf."""
+    out = []
+    for name, p in module.named_parameters():
+        t = getattr(p, "ds_tensor", None)
+        t = p.data if t is None else t
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            out.append(name)
+    return out
+
+
+def on_rank0(fn) -> Any:
+    """fn() evaluated on rank 0 only and its result given to every rank; a UserError it raises is raised on
+    every rank (the others would otherwise wait forever for rank 0)."""
+    found: Any = None
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+            torch.distributed.get_rank() == 0:
+        try:
+            found = ("ok", fn())
+        except UserError as e:
+            found = ("error", str(e))
+    found = _broadcast(found)
+    if found[0] == "error":
+        raise UserError(found[1])
+    return found[1]
 
 
 class Checkpointer:
@@ -117,9 +179,18 @@ class Checkpointer:
         """Collective: every rank calls it at the same step. Returns the checkpoint folder."""
         tag = tag or step_tag(step)
         d = self.root / tag
+        # A complete checkpoint of this step holds this very state (a run resumed from it and stopped before
+        # its next step): keep it rather than delete it to write it again, which a kill would make a loss.
+        if on_rank0(lambda: d.is_dir() and verify(d) is None):
+            log.info("checkpoint %s is already complete; kept as it is", d)
+            if update_latest and self.rank == 0:
+                atomic_write_text(self.root / "latest", tag)
+                self._rotate()
+            _barrier()
+            return d
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
-            if d.exists():  # an earlier attempt at this step (crashed mid-save, or a re-run): start clean
+            if d.exists():  # an earlier attempt at this step that never completed (or was damaged): start clean
                 (d / MARKER).unlink(missing_ok=True)
                 shutil.rmtree(d, ignore_errors=True)
         _barrier()
@@ -138,11 +209,13 @@ class Checkpointer:
         return d
 
     def _rotate(self) -> None:
-        """Keep the newest `keep_last` complete checkpoints; drop older ones and older partial ones."""
+        """Keep the newest `keep_last` verified checkpoints; drop older ones and older partial or damaged ones.
+        Only checkpoints whose files verify count, so a damaged newer one never pushes out the last good one."""
         if self.keep_last <= 0:
             return
         tags = sorted(p.name for p in self.root.iterdir() if TAG_RE.match(p.name))
-        complete = [t for t in tags if (self.root / t / MARKER).is_file()]
+        why = {t: verify(self.root / t) for t in tags}
+        complete = [t for t in tags if why[t] is None]
         keep = set(complete[-self.keep_last:])
         newest = complete[-1] if complete else None
         for t in tags:
@@ -152,23 +225,15 @@ class Checkpointer:
             try:
                 (d / MARKER).unlink(missing_ok=True)  # first, so a half-deleted folder is just incomplete
                 shutil.rmtree(d)
-                log.info("deleted old checkpoint %s (keeping the last %d)", d, self.keep_last)
+                log.info("deleted old checkpoint %s (keeping the last %d%s)", d, self.keep_last,
+                         f"; it was not usable: {why[t]}" if why[t] else "")
             except OSError as e:
                 log.warning("could not delete old checkpoint %s (%s); continuing, delete it by hand", d, e)
 
     # ------------------------------------------------------------------ find / load
     def find_resume(self) -> str | None:
         """Tag of the newest verified complete checkpoint (decided on rank 0, same on all ranks)."""
-        found: Any = None
-        if self.rank == 0:
-            try:
-                found = self._find_resume_local()
-            except UserError as e:  # raise on every rank, not only on rank 0 (the others would wait forever)
-                found = ("error", str(e))
-        found = _broadcast(found)
-        if isinstance(found, tuple):
-            raise UserError(found[1])
-        return found
+        return on_rank0(self._find_resume_local)
 
     def _find_resume_local(self) -> str | None:
         if not self.root.is_dir():

@@ -76,6 +76,7 @@ class TrainConfig:
     max_bad_steps: int = opt(20, "stop after this many consecutive steps with a non-finite loss or a skip at the minimum fp16 loss scale")
     progress: bool = opt(True, "tqdm progress bar on rank 0")
     dist_timeout_minutes: float = opt(30.0, "a collective that waits longer than this (a dead or stuck rank) fails the run")
+    continue_finished: bool = opt(False, "train a finished run further to a larger --max_steps (replaces its student/ and metrics.json)")
 
     def validate(self) -> None:
         require(bool(self.data), "data", "is required: a shards folder from data_prep/build_shards.py")
@@ -229,7 +230,7 @@ def check_teacher_vocab(teacher_name: str, teacher_cfg: Any, shards: Any) -> Non
 
 
 class Preemption:
-    """SIGUSR1/SIGTERM set a flag; the loop all-reduces it at the next step boundary.
+    """SIGUSR1/SIGTERM (and SIGINT, Ctrl-C) set a flag; the loop all-reduces it at the next step boundary.
 
     Installed when the command starts (before the imports and the process group, which take tens of
     seconds), so a signal that Slurm sends during start-up is not lost: the run stops at its first step
@@ -237,7 +238,7 @@ class Preemption:
     default handlers at interpreter shutdown, and a late SIGUSR1 would then kill a rank that is exiting.
     """
 
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.flag = False
@@ -258,11 +259,69 @@ def _to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor
     return {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")}
 
 
+# settings that do not change what a run computes (or, max_steps, only how far): a resume may change them
+VOLATILE = {"max_steps", "resume", "save_every", "keep_last", "log_every", "eval_every", "eval_batches",
+            "progress", "num_workers", "out_dir", "max_bad_steps", "dist_timeout_minutes", "continue_finished"}
+
+
 def _config_hash(d: dict[str, Any]) -> str:
-    volatile = {"max_steps", "resume", "save_every", "keep_last", "log_every", "eval_every", "eval_batches",
-                "progress", "num_workers", "out_dir", "max_bad_steps", "dist_timeout_minutes"}
-    return hashlib.sha256(json.dumps({k: v for k, v in d.items() if k not in volatile}, sort_keys=True,
+    return hashlib.sha256(json.dumps({k: v for k, v in d.items() if k not in VOLATILE}, sort_keys=True,
                                      default=str).encode()).hexdigest()[:16]
+
+
+def strict_metrics(m: dict[str, Any]) -> dict[str, Any]:
+    """`m` as strict JSON can hold it: a non-finite number becomes null and is named in "nonfinite"."""
+    bad = {k: repr(v) for k, v in m.items() if isinstance(v, float) and not math.isfinite(v)}
+    out = {k: (None if k in bad else v) for k, v in m.items()}
+    if bad:
+        out["nonfinite"] = {k: f"{v} (not a number JSON can hold)" for k, v in bad.items()}
+    return out
+
+
+def finished_decision(cfg: TrainConfig, resolved: dict[str, Any], out: Path) -> str | None:
+    """What a launch into `out` may do when it holds a finished run (metrics.json, written last, after
+    student/): "finished" (nothing to do, exit 0), "continue" (--continue_finished to a larger --max_steps),
+    None (not finished). Anything else is refused: a finished run is final unless continued on purpose.
+    `resolved` is what this launch would write to config.json (derived batch sizes filled in)."""
+    m = out / "metrics.json"
+    if not m.is_file():
+        return None
+    try:
+        done = int(json.loads(m.read_text())["step"])
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"--out_dir {out}: metrics.json or config.json is unreadable, so whether this run finished "
+                        f"is unknown; use a new --out_dir (or delete metrics.json to let the run resume)") from None
+    cur = {k: resolved[k] for k in config_to_dict(cfg)}
+    changed = sorted(k for k in cur if k not in VOLATILE and k in saved and saved[k] != cur[k])
+    where = f"--out_dir {out} holds a run that finished at step {done} (student/, metrics.json)"
+    if cfg.max_steps == done and not changed:
+        return "finished"
+    if cfg.max_steps > done and cfg.continue_finished:
+        return "continue"
+    if cfg.max_steps > done:
+        raise UserError(f"{where}; --max_steps {cfg.max_steps} would continue it and replace student/ and "
+                        f"metrics.json. Pass --continue_finished true to do that, or use a new --out_dir.")
+    if cfg.max_steps < done:
+        raise UserError(f"{where}, beyond --max_steps {cfg.max_steps}; nothing was changed. Use a new --out_dir "
+                        f"for a shorter run.")
+    diff = ", ".join(f"--{k} {saved[k]} -> {cur[k]}" for k in changed)
+    raise UserError(f"{where}, trained with other settings ({diff}); nothing was changed, its config.json still "
+                    f"describes its student. Use a new --out_dir to train with these settings.")
+
+
+def _default_group_timeout(minutes: float) -> None:
+    """Make --dist_timeout_minutes the timeout of every process group created from now on. DeepSpeed creates
+    its own groups (ZeRO's gradient reduction runs in one) with torch's default timeout, 30 minutes, whatever
+    the world group has: a stuck rank then held the others for 30 minutes instead of --dist_timeout_minutes
+    (tests/faults/test_signals.py). torch reads these module defaults each time a group is made."""
+    import datetime
+
+    from torch.distributed import distributed_c10d as c10d
+
+    c10d.default_pg_timeout = datetime.timedelta(minutes=minutes)
+    if hasattr(c10d, "default_pg_nccl_timeout"):
+        c10d.default_pg_nccl_timeout = datetime.timedelta(minutes=minutes)
 
 
 def _export_state_dict(engine, ckpt_root: Path, tag: str) -> dict[str, torch.Tensor]:
@@ -371,6 +430,7 @@ class Trainer:
 
         cfg = self.cfg
         self.dist = dist = init_distributed(cfg.dist_timeout_minutes)
+        _default_group_timeout(cfg.dist_timeout_minutes)
         setup_logging(dist.rank)
         self.lock = lock_out_dir(self.out, self.mode, dist.rank, dist.world_size)  # one run per out_dir
         self.device = dist.device
@@ -397,7 +457,8 @@ class Trainer:
     def _meta(self) -> dict[str, Any]:
         return {"config_hash": self.config_hash, "config": config_to_dict(self.cfg), "teacher_fingerprint": self.teacher_fp,
                 "tokenizer_fingerprint": self.tok_fp, "consecutive_bad": self.consecutive_bad,
-                "samples_seen": self.samples_seen, "tokens_seen": self.tokens_seen, "mode": self.mode}
+                "samples_seen": self.samples_seen, "tokens_seen": self.tokens_seen, "mode": self.mode,
+                "teacher_metrics": self.teacher_metrics, "loss_terms": self.loss_terms}
 
     def _rank_state(self) -> dict[str, Any]:
         from dstrain.checkpoint import rng_state
@@ -405,10 +466,52 @@ class Trainer:
         return {"rng": rng_state(), "loader": self.loader.state_dict()}
 
     def save(self, step: int, tag: str | None = None, update_latest: bool = True) -> Path:
+        if update_latest:  # a checkpoint that may become `latest` must hold finite weights
+            bad = self._nonfinite_weights()
+            if bad:
+                self._diverged(step, step, None, None, None, why=f"the weights hold NaN/inf at step {step} ({bad})")
         t0 = time.time()
         d = self.ckpt.save(self.engine, step, self._meta(), self._rank_state(), tag=tag, update_latest=update_latest)
         log.info("checkpoint %s saved in %.1fs", d, time.time() - t0)
         return d
+
+    def _nonfinite_weights(self) -> str | None:
+        """Collective. Which student weights hold NaN/inf (on any rank), for the message; None if all are finite."""
+        from dstrain.checkpoint import nonfinite_params
+
+        bad = nonfinite_params(self.engine.module)
+        n = torch.tensor([float(len(bad))])
+        if self.dist.world_size > 1:
+            n = n.to(self.device)
+            torch.distributed.all_reduce(n)
+        if n.item() == 0:
+            return None
+        return f"{int(n.item())} tensors over all ranks, e.g. {', '.join(bad[:3]) or 'on another rank'}"
+
+    def _finished_or_continue(self, start: int) -> str | None:
+        """Collective. "finished" when this launch repeats a finished run (said, nothing written); when it
+        continues one on purpose, the finished run's metrics.json and student/ are removed first, so that an
+        interrupted continuation is never taken for finished and config.json always describes student/."""
+        import shutil
+
+        from dstrain.checkpoint import on_rank0
+
+        what = on_rank0(lambda: finished_decision(self.cfg, self.resolved, self.out))
+        if what == "finished":
+            log.info("%s already finished at step %d (student/ and metrics.json written); nothing to do",
+                     self.out, start)
+        elif what == "continue" and self.resume_tag is None:
+            raise UserError(f"--continue_finished: {self.ckpt.root} holds no complete checkpoint of the finished run "
+                            f"in {self.out} to continue from; use a new --out_dir")
+        elif what == "continue" and self.dist.is_main:
+            log.warning("--continue_finished: continuing the finished run in %s from step %d to %d; its student/ "
+                        "and metrics.json are replaced at the end", self.out, start, self.cfg.max_steps)
+            (self.out / "metrics.json").unlink()
+            shutil.rmtree(self.out / "student", ignore_errors=True)
+        if start > self.cfg.max_steps and what is None:
+            raise UserError(f"{self.ckpt.root / str(self.resume_tag)} is at step {start}, beyond --max_steps "
+                            f"{self.cfg.max_steps}; relaunch with --max_steps {start} or more, or use a new --out_dir")
+        return what
 
     def restore(self) -> None:
         from dstrain.checkpoint import check_resume_compatible, set_rng_state
@@ -421,6 +524,7 @@ class Trainer:
         set_rng_state(rs["rng"])
         self.consecutive_bad = meta["consecutive_bad"]
         self.samples_seen, self.tokens_seen = meta["samples_seen"], meta["tokens_seen"]
+        self.teacher_metrics, self.loss_terms = meta.get("teacher_metrics") or {}, meta.get("loss_terms") or {}
         log.info("resumed from %s at step %d", self.ckpt.root / self.resume_tag, self.engine.global_steps)
 
     # -------------------------------------------------------------- data
@@ -482,11 +586,14 @@ class Trainer:
 
         cfg, dist, engine = self.cfg, self.dist, self.engine
         self.consecutive_bad, self.samples_seen, self.tokens_seen = 0, 0, 0
+        self.teacher_metrics, self.loss_terms = {}, {}
         if self.resume_tag is not None:
             self.restore()
         else:
             torch.manual_seed(cfg.seed + dist.rank)  # dropout differs per rank, reproducibly
         start = engine.global_steps
+        if self._finished_or_continue(start) == "finished":
+            return {"status": "finished", "step": start}
         if dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / "config.json", self.resolved)
@@ -501,23 +608,27 @@ class Trainer:
         nan_from = int(os.environ.get("DSTRAIN_FAULT_NAN_FROM_STEP", "-1"))
         signal_at = int(os.environ.get("DSTRAIN_FAULT_SIGNAL_AT_STEP", "-1"))
 
-        metrics: dict[str, Any] = {}
-        if self.teacher is not None and start == 0:
+        self._writer, self._bar = writer, None  # closed by _diverged wherever a run stops
+        if self.teacher is not None and not self.teacher_metrics:  # a resumed run has them from its checkpoint
             t_loss, t_acc = self.evaluate(lambda i, a, r: mlm_forward(self.teacher, i, a, r))
-            metrics.update(teacher_mlm_loss=t_loss, teacher_mlm_acc=t_acc)
+            self.teacher_metrics = {"teacher_mlm_loss": t_loss, "teacher_mlm_acc": t_acc}
             if writer:
                 writer.add_scalar("eval/teacher_mlm_loss", t_loss, 0)
                 writer.add_scalar("eval/teacher_mlm_acc", t_acc, 0)
+        metrics: dict[str, Any] = dict(self.teacher_metrics)
         bar = None
         if dist.is_main and cfg.progress:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.max_steps, initial=start, desc=self.mode, dynamic_ncols=True, mininterval=2.0)
+            self._bar = bar
         flops_tok = train_flops_per_token(self.student_config, self.teacher.config if self.teacher is not None else None,
                                           self.shards.max_seq_len)
         peak = peak_flops(self.device, self.precision)
         batches = self._batches()
-        step, last_saved, stop_reason = start, None, "max_steps"
+        # resumed at its last step (stopped between the final save and the export): nothing to save again
+        step, last_saved, stop_reason = start, (self.ckpt.root / self.resume_tag if self.resume_tag else None), "max_steps"
+        loss_terms = self.loss_terms  # the checkpoint's, until a step runs
         window_t, window_tokens, window_samples, window_steps = time.time(), 0.0, 0.0, 0
         bad_first = None
         if self.device.type == "cuda":
@@ -593,6 +704,7 @@ class Trainer:
                 self._diverged(step, bad_first, last_saved, writer, bar)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
                 self._log_eval(writer, step)
+            self.loss_terms = loss_terms  # into the checkpoint: a relaunch at the last step reports it
             if stop_flag:
                 stop_reason = "preempted"
                 break
@@ -602,6 +714,8 @@ class Trainer:
         if bar is not None:
             bar.close()
 
+        if stop_reason == "max_steps" and self.consecutive_bad:  # the final state is bad: never saved, exported
+            self._diverged(step, bad_first, last_saved, writer, None)
         if last_saved is None or last_saved.name != f"step-{step:08d}":
             last_saved = self.save(step)
         if stop_reason == "preempted":
@@ -617,24 +731,31 @@ class Trainer:
         if writer:
             writer.add_scalar("eval/student_mlm_loss", s_loss, step)
             writer.add_scalar("eval/student_mlm_acc", s_acc, step)
+        if not math.isfinite(s_loss):
+            self._diverged(step, step, last_saved, writer, None,
+                           why=f"the final held-out MLM loss of the student is {s_loss}")
+        if writer:
             writer.close()
         if dist.is_main:
             from transformers import AutoModelForMaskedLM
 
             sd = _export_state_dict(engine, self.ckpt.root, last_saved.name)
+            bad = sorted(k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all())
+            if bad:  # the checkpoint check should have stopped the run already; never export such weights
+                raise UserError(f"not exporting {self.out / 'student'}: {len(bad)} weight tensors of {last_saved} "
+                                f"hold NaN/inf ({', '.join(bad[:3])})")
             model = AutoModelForMaskedLM.from_config(self.student_config)
             missing, unexpected = model.load_state_dict(sd, strict=False)
             if unexpected or [k for k in missing if not k.endswith(("vocab_projector.weight", "decoder.weight"))]:
                 raise RuntimeError(f"export: missing {missing}, unexpected {unexpected}")
             model.tie_weights()
             save_hf_model(model, self.out / "student", self.shards.tokenizer_dir)
-            metrics.update(step=step, student_mlm_loss=s_loss, student_mlm_acc=s_acc, train_loss=loss_terms["total"],
-                           skipped_steps=engine.skipped_steps, tokens_seen=self.tokens_seen,
-                           samples_seen=self.samples_seen, checkpoint=last_saved.name)
-            if self.resume_tag is not None and (self.out / "metrics.json").is_file():
-                old = json.loads((self.out / "metrics.json").read_text())
-                metrics = {**{k: old[k] for k in ("teacher_mlm_loss", "teacher_mlm_acc") if k in old}, **metrics}
-            atomic_write_json(self.out / "metrics.json", metrics)
+            metrics.update(step=step, student_mlm_loss=s_loss, student_mlm_acc=s_acc,
+                           train_loss=loss_terms.get("total"), skipped_steps=engine.skipped_steps,
+                           tokens_seen=self.tokens_seen, samples_seen=self.samples_seen, checkpoint=last_saved.name)
+            # written last: its presence marks the run finished (see finished_decision)
+            atomic_write_text(self.out / "metrics.json",
+                              json.dumps(strict_metrics(metrics), indent=2, sort_keys=True, allow_nan=False) + "\n")
             log.info("done: step %d, held-out student MLM loss %.4f acc %.4f; student exported to %s",
                      step, s_loss, s_acc, self.out / "student")
         if dist.world_size > 1:
@@ -658,20 +779,20 @@ class Trainer:
             writer.add_scalar("eval/student_mlm_acc", acc, step)
         log.info("step %d: held-out student MLM loss %.4f acc %.4f", step, loss, acc)
 
-    def _diverged(self, step: int, first: int, last_saved: Path | None, writer, bar) -> None:
+    def _diverged(self, step: int, first: int, last_saved: Path | None, writer, bar, why: str | None = None) -> None:
         """Save the diverged state aside (never as `latest`), write RUN/DIVERGED, stop with a message."""
         d = self.save(step, tag=f"diverged-step-{step:08d}", update_latest=False)
         good = self.ckpt.find_resume()  # collective: every rank reaches here at the same step
-        msg = (f"training diverged: {self.consecutive_bad} consecutive steps ({first}..{step}) had a non-finite loss "
-               f"or were skipped at the minimum fp16 loss scale. The diverged state is in {d} (never resumed from); "
-               f"the last good checkpoint is {good or 'none'}. Lower --lr, raise --warmup_frac, or use bf16, then "
-               f"resume with --resume auto.")
+        advice = "resume with --resume auto" if why else "lower --lr, raise --warmup_frac, or use bf16, then resume with --resume auto"
+        why = why or (f"{self.consecutive_bad} consecutive steps ({first}..{step}) had a non-finite loss or were "
+                      f"skipped at the minimum fp16 loss scale")
+        msg = (f"training diverged: {why}. The diverged state is in {d} (never resumed from, nothing exported); "
+               f"the last good checkpoint is {good or 'none'}: {advice}.")
         if self.dist.is_main:
             atomic_write_text(self.out / "DIVERGED", msg + "\n")
-        if writer:
-            writer.close()
-        if bar is not None:
-            bar.close()
+        for w in (writer, self._writer, bar, self._bar):
+            if w is not None:
+                w.close()
         raise UserError(msg)
 
 
@@ -697,6 +818,15 @@ def _train(cfg: TrainConfig, mode: str, preempt: Preemption) -> dict[str, Any]:
         t.prepare()
         t.setup()
         return t.run()
+    except RuntimeError as e:
+        if "timed out" not in str(e).lower():
+            raise
+        # gloo raises this in the ranks that waited (NCCL's watchdog aborts them instead): one line, no traceback
+        raise UserError(
+            f"rank {os.environ.get('RANK', '0')}: a collective waited longer than --dist_timeout_minutes "
+            f"{cfg.dist_timeout_minutes} for the other ranks, so one of them is stuck or dead ({str(e).splitlines()[0]}). "
+            f"The newest complete checkpoint is kept: relaunch with --resume auto once that rank's cause is fixed "
+            f"(or raise --dist_timeout_minutes if a step or a save can take longer).") from None
     finally:
         preempt.ignore()  # stopping now: a late signal must not kill this rank on its way out
 

@@ -174,3 +174,50 @@ def reference_run(tmp_path_factory, tiny_teacher_dir, tiny_shards_dir):  # noqa:
     out = base / "run"
     run_job(distill_args(tiny_teacher_dir, tiny_shards_dir, out), base / "log.txt", inject={"trace": str(base / "trace")})
     return out, base / "trace"
+
+
+LIFECYCLE_STEPS = 4  # max_steps of the lifecycle chain: checkpoints at 2 and 4
+
+
+def snapshot(run: Path) -> dict[str, int]:
+    """file -> mtime of a run folder (TensorBoard files aside): equal snapshots = nothing was written."""
+    return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and "tb" not in p.parts}
+
+
+def strict_json(path: Path) -> dict:
+    """json.loads that refuses NaN/Infinity, as strict JSON parsers (jq, JavaScript) do."""
+    def refuse(c):
+        raise ValueError(f"{path}: {c} is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.fixture(scope="session")
+def lifecycle_chain(tmp_path_factory, tiny_teacher_dir, tiny_shards_dir):
+    """Issue #13's relaunch chain on one run folder (see tests/faults/test_lifecycle.py): the logs, exit codes and
+    file snapshots of each launch, and a copy of the folder as job A left it (preempted, checkpoints 2 and 4)."""
+    base = tmp_path_factory.mktemp("lifecycle")
+    out = base / "run"
+    args = distill_args(tiny_teacher_dir, tiny_shards_dir, out, max_steps=LIFECYCLE_STEPS)
+    r = {"out": out, "base": base, "args": args}
+
+    a = run_job(args, base / "a.log", env=fault_env(DSTRAIN_FAULT_SIGNAL_AT_STEP=str(LIFECYCLE_STEPS)))
+    r["a_log"], r["a_preempted"] = a.output(), json.loads((out / "PREEMPTED").read_text())
+    r["a_student"] = (out / "student").exists()
+    r["preempted_copy"] = copy_run(out, base / "preempted_copy")  # for the checkpoint tests below
+    final = out / "checkpoints" / f"step-{LIFECYCLE_STEPS:08d}"
+    r["final_marker_mtime"] = (final / "COMPLETE").stat().st_mtime_ns
+
+    b = run_job(args, base / "b.log", expect_rc=None)
+    r["b_rc"], r["b_log"] = b.proc.returncode, b.output()
+    r["b_final_marker_mtime"] = (final / "COMPLETE").stat().st_mtime_ns if (final / "COMPLETE").exists() else None
+    r["done"] = snapshot(out)
+
+    for name, extra in (("c", {}), ("d", {"lr": 1e-3}), ("e", {"max_steps": LIFECYCLE_STEPS + 2})):
+        j = run_job(distill_args(tiny_teacher_dir, tiny_shards_dir, out, **{"max_steps": LIFECYCLE_STEPS, **extra}),
+                    base / f"{name}.log", expect_rc=None)
+        r[f"{name}_rc"], r[f"{name}_log"], r[f"{name}_after"] = j.proc.returncode, j.output(), snapshot(out)
+    r["metrics_before_f"] = strict_json(out / "metrics.json")
+    f = run_job(distill_args(tiny_teacher_dir, tiny_shards_dir, out, max_steps=LIFECYCLE_STEPS + 2, continue_finished="true"),
+                base / "f.log", expect_rc=None)
+    r["f_rc"], r["f_log"] = f.proc.returncode, f.output()
+    return r

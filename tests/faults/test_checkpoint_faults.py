@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 from dstrain.checkpoint import verify
 from tests.faults.conftest import STEPS, copy_run, distill_args, run_job, scalars
 
@@ -9,9 +11,12 @@ from tests.faults.conftest import STEPS, copy_run, distill_args, run_job, scalar
 def test_case5_damaged_checkpoints_fall_back_with_a_logged_reason(tmp_path, tiny_teacher_dir, tiny_shards_dir,
                                                                    reference_run):
     """The newest checkpoint truncated, the one before missing a file, `latest` garbage: the relaunch logs
-    each reason, resumes from the newest intact one (step 6) and ends exactly where the reference ended."""
+    each reason, resumes from the newest intact one (step 6) and ends exactly where the reference ended.
+    (The copy lacks metrics.json and student/: a finished run would not train again, see test_lifecycle.py.)"""
     ref, _ = reference_run
     out = copy_run(ref, tmp_path / "run")
+    (out / "metrics.json").unlink()
+    shutil.rmtree(out / "student")
     ck = out / "checkpoints"
     newest = ck / f"step-{STEPS:08d}"
     victim = max(newest.glob("*optim_states.pt"), key=lambda p: p.stat().st_size)

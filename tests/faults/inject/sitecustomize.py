@@ -8,6 +8,11 @@ it. It does nothing unless DSTRAIN_INJECT holds a JSON object; its keys (all opt
     kill_at_micro   SIGKILL this rank at the start of its N-th micro-step (1-based) of this process: with
                     grad_accum_steps 2, N = 2k is mid-way through optimizer step k (one micro-batch's
                     backward done, the other not), so the other ranks are left inside the step
+    hang_at_micro   this rank stops at the start of its N-th micro-step and sleeps forever, alive (a rank stuck
+                    in a hung read or kernel): the other ranks wait for it in their next collective
+    nan_weight_at_step
+                    right after optimizer step N this rank writes NaN into the last row of its position
+                    embeddings (a row no sequence reaches, so the loss stays finite): a weight gone bad in memory
     kill_on_replace SIGKILL this rank just before it os.replace()s a file whose path ends with this string
                     (e.g. "step-00000006/COMPLETE": dies mid-save, everything but the marker written)
     rmtree_fails    shutil.rmtree of a folder with this name raises PermissionError on this rank
@@ -15,7 +20,7 @@ it. It does nothing unless DSTRAIN_INJECT holds a JSON object; its keys (all opt
     trace           folder: every rank appends one JSON line per micro-step to trace/rank<R>.jsonl with
                     the optimizer step being computed and a fingerprint of each sample of the micro-batch
                     (its original token ids, recovered from the masked input and the MLM labels)
-    note            folder: before a kill this rank writes note/killed.json {rank, time, what}
+    note            folder: before a kill or a hang this rank writes note/killed.json {rank, time, what}
 
 The trace is written and flushed before the micro-step runs, so a SIGKILL never loses a line.
 """
@@ -68,6 +73,8 @@ def _patch_step(module) -> None:
 
     def micro_step(engine, teacher, batch, *args, **kwargs):
         calls[0] += 1
+        if acts and _SPEC.get("nan_weight_at_step") and not getattr(engine, "_fault_step_wrapped", False):
+            _wrap_engine_step(engine, int(_SPEC["nan_weight_at_step"]))
         if _SPEC.get("trace"):
             os.makedirs(_SPEC["trace"], exist_ok=True)
             with open(os.path.join(_SPEC["trace"], f"rank{_RANK}.jsonl"), "a") as f:
@@ -75,9 +82,41 @@ def _patch_step(module) -> None:
                 f.flush()
         if acts and calls[0] == _SPEC.get("kill_at_micro"):
             _die(f"at micro-step {calls[0]} (optimizer step {int(engine.global_steps) + 1})")
+        if acts and calls[0] == _SPEC.get("hang_at_micro"):
+            import sys
+            import time
+
+            _note(f"hangs at micro-step {calls[0]}")
+            print(f"[fault injection] rank {_RANK}: hangs at micro-step {calls[0]}", file=sys.stderr, flush=True)
+            while True:
+                time.sleep(3600)
         return orig(engine, teacher, batch, *args, **kwargs)
 
     module.micro_step = micro_step
+
+
+def _wrap_engine_step(engine, at_step: int) -> None:
+    """engine.step (looked up on the instance by micro_step) followed by NaN written into one weight."""
+    import sys
+
+    import torch
+
+    real_step = engine.step
+
+    def step(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        if int(engine.global_steps) == at_step:
+            for name, p in engine.module.named_parameters():
+                if "position_embeddings" in name:
+                    with torch.no_grad():
+                        p.data[-1].fill_(float("nan"))
+                    print(f"[fault injection] rank {_RANK}: NaN written into {name} after step {at_step}",
+                          file=sys.stderr, flush=True)
+                    break
+        return out
+
+    engine.step = step
+    engine._fault_step_wrapped = True
 
 
 def _after_import(name: str, patch) -> None:
@@ -106,7 +145,7 @@ def _after_import(name: str, patch) -> None:
 
 def _install() -> None:
     acts = str(_SPEC.get("rank", 0)) == _RANK
-    if _SPEC.get("trace") or (acts and "kill_at_micro" in _SPEC):
+    if _SPEC.get("trace") or (acts and {"kill_at_micro", "hang_at_micro", "nan_weight_at_step"} & set(_SPEC)):
         _after_import("dstrain.train.step", _patch_step)
     if acts and _SPEC.get("kill_on_replace"):
         real_replace = os.replace
