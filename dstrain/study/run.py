@@ -1,6 +1,6 @@
 """`study`: the whole miniature DistilBERT study on the embedded Shakespeare corpus, then RUN/REPORT.md.
 
-    python dstrain/cli.py study --out_dir runs/study             # full study: <= 15 min on 2 CPU cores
+    python dstrain/cli.py study --out_dir runs/study             # full study: ~16 min on 2 idle cores (recipe.py)
     python dstrain/cli.py study --out_dir runs/quick --quick     # smoke run (< 3 min): what the tests run
     python dstrain/cli.py study --help                           # every setting, with full and quick values
 
@@ -11,6 +11,7 @@ written into the report and RUN/steps/NAME.json:
   3. distill   (triple loss, every other teacher layer)        -> RUN/student
   4. ablations at the same budget: distill without L_ce / L_cos / L_mlm, random init, and `pretrain` of a
      student-sized model with MLM alone (no teacher)          -> RUN/ablation_*
+     steps 3 and 4 each with --distill_seeds seeds (RUN/student, RUN/student_s1, ...)
   5. finetune shakespeare_genre, several seeds (median)       -> RUN/finetune/NAME
   6. benchmark teacher vs student                             -> RUN/benchmark
 A rerun skips finished steps (so the teacher is reused); steps run two at a time with one thread each (the

@@ -209,7 +209,7 @@ def test_plan_distils_each_configuration_with_every_seed():
     assert "teacher_s1" not in steps and config_name("teacher") == "teacher"
     # the full study scores every validation passage of the three-genre task and distils with 2 seeds
     full = build_config(StudyConfig, {"out_dir": "/tmp/x"})
-    assert full.finetune_eval_examples == 1570 and full.distill_seeds == 2
+    assert full.finetune_eval_examples == 1570 and full.distill_seeds == 2 and full.finetune_seeds == 2
 
 
 def test_report_pools_distillation_seeds(quick_run, tmp_path):
