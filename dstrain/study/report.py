@@ -1,7 +1,8 @@
 """RUN/REPORT.md and RUN/figures/*.png from what the study's runs left in the folder.
 
 Every number is read from a file the runs wrote: `*/metrics.json` (held-out MLM loss/accuracy),
-`finetune/*/metrics.json` (genre accuracy, median over seeds, and each seed), `benchmark/benchmark.json`
+`finetune/*/metrics.json` (genre accuracy, median over seeds, and each seed), `finetune/*/seed-*/predictions.jsonl`
+(each validation passage's prediction, for the paired bootstrap intervals), `benchmark/benchmark.json`
 (size and speed), the TensorBoard event files under `*/tb/` (training curves, read with tensorboard's
 EventAccumulator) and `steps/*.json` (command lines and wall times). Nothing is typed in by hand except
 the paper's own numbers, which are labelled as such.

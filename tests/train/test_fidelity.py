@@ -227,3 +227,23 @@ def test_distill_with_the_reference_recipe(tmp_path, tiny_teacher_dir, tiny_shar
     assert cfg["student_config"]["dropout"] == 0.1 and cfg["student_config"]["attention_dropout"] == 0.1
     exported = json.loads((out / "student" / "config.json").read_text())
     assert exported["dropout"] == 0.1
+
+
+def test_init_student_takes_the_recipe(tmp_path):
+    """`init_student --recipe reference` writes the student extract_distilbert.py would: map [0, 2, 4, 7, 9, 11]
+    (here 4 -> 2: [0, 3]), random head transform, dropout 0.1; an explicit flag still wins."""
+    from dstrain.models import init_student
+
+    t = _bert(4)
+    t.save_pretrained(tmp_path / "teacher")
+    init_student(teacher=str(tmp_path / "teacher"), out_dir=str(tmp_path / "s"), recipe="reference")
+    info = json.loads((tmp_path / "s" / "dstrain_init.json").read_text())
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert info["layer_map"] == [0, 3] and cfg["dropout"] == 0.1 and cfg["attention_dropout"] == 0.1
+    s = DistilBertForMaskedLM.from_pretrained(tmp_path / "s")
+    assert not torch.equal(s.vocab_transform.weight, t.cls.predictions.transform.dense.weight)
+    init_student(teacher=str(tmp_path / "teacher"), out_dir=str(tmp_path / "s2"), recipe="reference",
+                 layer_map="even", copy_vocab_transform=True)
+    assert json.loads((tmp_path / "s2" / "dstrain_init.json").read_text())["layer_map"] == [0, 2]
+    s2 = DistilBertForMaskedLM.from_pretrained(tmp_path / "s2")
+    assert torch.equal(s2.vocab_transform.weight, t.cls.predictions.transform.dense.weight)
