@@ -282,12 +282,12 @@ class InitStudentConfig:
     student_layers: int = opt(0, "student depth; 0 = half the teacher's layers")
     recipe: str = opt("dstrain", "defaults of layer_map, copy_vocab_transform, student_dropout: dstrain or reference")
     layer_map: str | None = opt(None, "teacher layers copied into the student: even, reference ([0,2,4,7,9,11] for "
-                                "12->6) or a list. Default: the --recipe's (dstrain: even)")
+                                "12->6) or a list. None: the --recipe's (dstrain: even)")
     student_init: str = opt("teacher", "teacher (copy mapped layers, embeddings, MLM head) or random (ablation)")
     copy_vocab_transform: bool | None = opt(None, "copy the MLM head's transform + LayerNorm (false: random init, "
-                                            "the reference's default). Default: the --recipe's")
+                                            "the reference's default). None: the --recipe's (dstrain: true)")
     student_dropout: str | None = opt(None, "teacher (copy the teacher's) or a number (the reference: 0.1). "
-                                      "Default: the --recipe's")
+                                      "None: the --recipe's (dstrain: teacher)")
     seed: int = opt(0, "seed for the random parts")
     overwrite: bool = opt(False, "replace an existing --out_dir")
 

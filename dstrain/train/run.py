@@ -60,7 +60,7 @@ class TrainConfig:
     warmup_frac: float = opt(0.05, "linear warmup over this fraction of max_steps, then linear decay to 0")
     warmup_style: str | None = opt(None, "dstrain: lr (s+1)/W at step s, peak at the last warmup step; reference: "
                                    "transformers' get_linear_schedule_with_warmup as the reference builds it (lr 0 "
-                                   "at the first step, W = ceil(frac * (max_steps + 1))). Default: the --recipe's")
+                                   "at the first step, W = ceil(frac * (max_steps + 1))). None: the --recipe's (dstrain: dstrain)")
     adam_beta1: float = opt(0.9, "AdamW beta1")
     adam_beta2: float = opt(0.98, "AdamW beta2 (paper: 0.98)")
     adam_eps: float = opt(1e-6, "AdamW epsilon (paper: 1e-6)")
@@ -69,7 +69,7 @@ class TrainConfig:
     mlm_probability: float = opt(0.15, "fraction of real tokens selected for the MLM loss")
     mlm_smoothing: float = opt(0.7, "mask rare tokens more: weight = count^-smoothing (paper 0.7; 0 = uniform)")
     mask_count: str | None = opt(None, "tokens masked per batch: nonspecial = round(p x non-special tokens); reference "
-                                 "= ceil(p x all non-pad tokens, [CLS]/[SEP] included). Default: the --recipe's")
+                                 "= ceil(p x all non-pad tokens, [CLS]/[SEP] included). None: the --recipe's (dstrain: nonspecial)")
     num_workers: int = opt(0, "DataLoader worker processes per rank")
     strict_data: bool = opt(True, "stop on a bad shard (true) or skip and count it (false)")
     log_every: int = opt(10, "TensorBoard scalars every N steps")
@@ -121,12 +121,12 @@ class DistillConfig(TrainConfig):
                       "layer_map: dstrain, or reference (the reference code's choices); explicit flags win")
     student_layers: int = opt(0, "student depth; 0 = half the teacher's layers")
     layer_map: str | None = opt(None, "teacher layers copied into the student: even, reference ([0,2,4,7,9,11] for "
-                                "12->6) or a list. Default: the --recipe's (dstrain: even)")
+                                "12->6) or a list. None: the --recipe's (dstrain: even)")
     student_init: str = opt("teacher", "teacher (copy embeddings, MLM head, mapped layers) or random (ablation)")
     copy_vocab_transform: bool | None = opt(None, "copy the MLM head's transform + LayerNorm from the teacher (false: "
-                                            "random init, the reference's default). Default: the --recipe's")
+                                            "random init, the reference's default). None: the --recipe's (dstrain: true)")
     student_dropout: str | None = opt(None, "student hidden and attention dropout: teacher (copy the teacher's) or a "
-                                      "number (the reference: 0.1). Default: the --recipe's")
+                                      "number (the reference: 0.1). None: the --recipe's (dstrain: teacher)")
     alpha_ce: float = opt(5.0, "weight of the KL(teacher || student) term at temperature T")
     alpha_mlm: float = opt(2.0, "weight of the student's MLM cross-entropy")
     alpha_cos: float = opt(1.0, "weight of the cosine loss between last hidden states")
