@@ -30,12 +30,22 @@ class InitStudentConfig:
     teacher: str = opt(None, "teacher: a save_pretrained folder or a cached Hugging Face name (BERT or RoBERTa family)")
     out_dir: str = opt(None, "folder to write the student to (config, safetensors, tokenizer)")
     student_layers: int = opt(0, "student depth; 0 = half the teacher's layers")
-    layer_map: str = opt("even", "teacher layers copied into the student: even, reference ([0,2,4,7,9,11] for 12->6) or a list")
+    recipe: str = opt("dstrain", "defaults of layer_map, copy_vocab_transform, student_dropout: dstrain or reference")
+    layer_map: str | None = opt(None, "teacher layers copied into the student: even, reference ([0,2,4,7,9,11] for "
+                                "12->6) or a list. None: the --recipe's (dstrain: even)")
     student_init: str = opt("teacher", "teacher (copy mapped layers, embeddings, MLM head) or random (ablation)")
+    copy_vocab_transform: bool | None = opt(None, "copy the MLM head's transform + LayerNorm (false: random init, "
+                                            "the reference's default). None: the --recipe's (dstrain: true)")
+    student_dropout: str | None = opt(None, "teacher (copy the teacher's) or a number (the reference: 0.1). "
+                                      "None: the --recipe's (dstrain: teacher)")
     seed: int = opt(0, "seed for the random parts")
     overwrite: bool = opt(False, "replace an --out_dir that an earlier init_student wrote")
 
     def validate(self) -> None:
+        from dstrain.recipe import apply_recipe, parse_dropout
+
+        apply_recipe(self, self.recipe)
+        parse_dropout(self.student_dropout)
         require(bool(self.teacher), "teacher", "is required: a folder written by save_pretrained or a model name")
         require(bool(self.out_dir), "out_dir", "is required: where to write the student")
         require(self.student_layers >= 0, "student_layers", "must be >= 0 (0 = half the teacher)")
@@ -47,6 +57,7 @@ def init_student(**kwargs) -> str:
     from dstrain.hf_io import has_tokenizer
     from dstrain.models import build_student, load_teacher, save_hf_model
     from dstrain.outputs import MARKER, check_out_dir, foreign_entries, replace_dir, write_marker
+    from dstrain.recipe import parse_dropout
 
     cfg = build_config(InitStudentConfig, kwargs, "init_student")
     out = Path(cfg.out_dir)
@@ -60,7 +71,8 @@ def init_student(**kwargs) -> str:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     teacher = load_teacher(cfg.teacher)
     student, lmap = build_student(teacher, teacher.config, cfg.student_layers or None, cfg.layer_map,
-                                  cfg.student_init, cfg.seed)
+                                  cfg.student_init, cfg.seed, cfg.copy_vocab_transform,
+                                  parse_dropout(cfg.student_dropout))
     tok_dir = cfg.teacher if has_tokenizer(cfg.teacher) else None
     if tok_dir is None:
         log.warning("--teacher %s has no tokenizer files; the student folder will have none (finetune it with "

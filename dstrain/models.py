@@ -6,8 +6,8 @@ embeddings, no pooler.
 - BERT teacher -> Hugging Face `DistilBertForMaskedLM` (the layout of `distilbert-base-uncased`).
 - RoBERTa-family teacher (roberta, xlm-roberta, camembert) -> the same class with half the layers.
 Initialisation from the teacher (default; `--student_init random` is the paper's ablation):
-embeddings, the MLM head (transform, LayerNorm, decoder tied to the word embeddings, bias) and one
-teacher layer per student layer by a layer map:
+embeddings, the MLM head (transform and its LayerNorm unless --copy_vocab_transform false, decoder tied
+to the word embeddings, bias) and one teacher layer per student layer by a layer map:
 - `even` (default): teacher layers 0, 2, 4, ... (the author reports even layers worked better);
 - `reference`: evenly spread over the depth, first and last included; for 12 -> 6 this is
   [0, 2, 4, 7, 9, 11], the map of the reference `extract_distilbert.py`;
@@ -35,6 +35,8 @@ from dstrain.config import UserError
 log = logging.getLogger("dstrain")
 
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
+# the MLM head's transform and its LayerNorm (DistilBERT and RoBERTa names): copied only with copy_vocab_transform
+VOCAB_TRANSFORM_KEYS = ("vocab_transform.", "vocab_layer_norm.", "lm_head.dense.", "lm_head.layer_norm.")
 
 
 # ----------------------------------------------------------------------------------------- teacher
@@ -91,8 +93,11 @@ def parse_layer_map(layer_map: str, teacher_layers: int, student_layers: int) ->
     return out
 
 
-def student_config_from_teacher(tcfg: Any, student_layers: int | None = None):
-    """Config of the student: DistilBERT for BERT teachers, same class with fewer layers for RoBERTa."""
+def student_config_from_teacher(tcfg: Any, student_layers: int | None = None, dropout: float | None = None):
+    """Config of the student: DistilBERT for BERT teachers, same class with fewer layers for RoBERTa.
+
+    dropout: hidden and attention dropout of the student; None copies the teacher's (the reference's
+    student config says 0.1 for both, whatever the teacher)."""
     from transformers import DistilBertConfig
 
     n = student_layers or max(1, tcfg.num_hidden_layers // 2)
@@ -101,19 +106,26 @@ def student_config_from_teacher(tcfg: Any, student_layers: int | None = None):
         return DistilBertConfig(
             vocab_size=tcfg.vocab_size, max_position_embeddings=tcfg.max_position_embeddings,
             sinusoidal_pos_embds=False, n_layers=n, n_heads=tcfg.num_attention_heads, dim=tcfg.hidden_size,
-            hidden_dim=tcfg.intermediate_size, dropout=tcfg.hidden_dropout_prob,
-            attention_dropout=tcfg.attention_probs_dropout_prob, activation=act,
+            hidden_dim=tcfg.intermediate_size,
+            dropout=tcfg.hidden_dropout_prob if dropout is None else dropout,
+            attention_dropout=tcfg.attention_probs_dropout_prob if dropout is None else dropout, activation=act,
             initializer_range=tcfg.initializer_range, pad_token_id=tcfg.pad_token_id,
             tie_word_embeddings=True)
     if tcfg.model_type in ROBERTA_TYPES:
         scfg = tcfg.__class__.from_dict(tcfg.to_dict())
         scfg.num_hidden_layers = n
+        if dropout is not None:
+            scfg.hidden_dropout_prob = scfg.attention_probs_dropout_prob = dropout
         return scfg
     raise UserError(f"--teacher: model type {tcfg.model_type!r} is not supported; dstrain distils BERT teachers "
                     f"into DistilBERT and RoBERTa-family teachers ({', '.join(ROBERTA_TYPES)}) into shallower RoBERTas")
 
 
-def _bert_to_distilbert_state(t: dict[str, torch.Tensor], layer_map: list[int]) -> dict[str, torch.Tensor]:
+def _bert_to_distilbert_state(t: dict[str, torch.Tensor], layer_map: list[int],
+                              copy_vocab_transform: bool = True) -> dict[str, torch.Tensor]:
+    """DistilBERT state dict from a BERT one. Without `copy_vocab_transform` the MLM head's transform and
+    its LayerNorm are left out (they keep their random init), as in the reference `extract_distilbert.py`
+    without `--vocab_transform`; the decoder and its bias are always copied."""
     s = {
         "distilbert.embeddings.word_embeddings.weight": t["bert.embeddings.word_embeddings.weight"],
         # every BERT token gets token-type 0 added; DistilBERT has no token types, so fold that row in
@@ -128,6 +140,8 @@ def _bert_to_distilbert_state(t: dict[str, torch.Tensor], layer_map: list[int]) 
         "vocab_projector.weight": t["cls.predictions.decoder.weight"],
         "vocab_projector.bias": t.get("cls.predictions.bias", t.get("cls.predictions.decoder.bias")),
     }
+    if not copy_vocab_transform:
+        s = {k: v for k, v in s.items() if not k.startswith(VOCAB_TRANSFORM_KEYS)}
     names = {"attention.q_lin": "attention.self.query", "attention.k_lin": "attention.self.key",
              "attention.v_lin": "attention.self.value", "attention.out_lin": "attention.output.dense",
              "sa_layer_norm": "attention.output.LayerNorm", "ffn.lin1": "intermediate.dense",
@@ -139,9 +153,12 @@ def _bert_to_distilbert_state(t: dict[str, torch.Tensor], layer_map: list[int]) 
     return s
 
 
-def _same_class_state(t: dict[str, torch.Tensor], layer_map: list[int]) -> dict[str, torch.Tensor]:
+def _same_class_state(t: dict[str, torch.Tensor], layer_map: list[int],
+                      copy_vocab_transform: bool = True) -> dict[str, torch.Tensor]:
     s = {}
     for k, v in t.items():
+        if not copy_vocab_transform and k.startswith(VOCAB_TRANSFORM_KEYS):
+            continue
         parts = k.split(".")
         if "layer" in parts and "encoder" in parts:
             i = parts.index("layer") + 1
@@ -155,11 +172,15 @@ def _same_class_state(t: dict[str, torch.Tensor], layer_map: list[int]) -> dict[
 
 
 def build_student(teacher: nn.Module | None, teacher_config: Any, student_layers: int | None, layer_map: str,
-                  init: str, seed: int) -> tuple[nn.Module, list[int] | None]:
-    """Student model (fp32, train mode) and the layer map used (None for random init)."""
+                  init: str, seed: int, copy_vocab_transform: bool = True,
+                  dropout: float | None = None) -> tuple[nn.Module, list[int] | None]:
+    """Student model (fp32, train mode) and the layer map used (None for random init).
+
+    copy_vocab_transform: copy the MLM head's transform + LayerNorm from the teacher (else random init, the
+    reference's default); dropout: the student's, None = the teacher's."""
     from transformers import AutoModelForMaskedLM
 
-    scfg = student_config_from_teacher(teacher_config, student_layers)
+    scfg = student_config_from_teacher(teacher_config, student_layers, dropout)
     n = scfg.n_layers if scfg.model_type == "distilbert" else scfg.num_hidden_layers
     torch.manual_seed(seed)  # random parts (and the random-init ablation) depend on --seed only
     student = AutoModelForMaskedLM.from_config(scfg)
@@ -169,10 +190,12 @@ def build_student(teacher: nn.Module | None, teacher_config: Any, student_layers
         raise UserError(f"--student_init {init!r}: use teacher (copy mapped layers) or random (ablation)")
     lmap = parse_layer_map(layer_map, teacher_config.num_hidden_layers, n)
     t = {k: v.detach().float().cpu() for k, v in teacher.state_dict().items()}
-    s = _bert_to_distilbert_state(t, lmap) if teacher_config.model_type == "bert" else _same_class_state(t, lmap)
+    to_state = _bert_to_distilbert_state if teacher_config.model_type == "bert" else _same_class_state
+    s = to_state(t, lmap, copy_vocab_transform)
     missing, unexpected = student.load_state_dict(s, strict=False)
     # position_ids-like buffers and the tied decoder weight may be absent from the mapped dict
-    missing = [k for k in missing if not k.endswith("position_ids") and k not in _tied_keys(student)]
+    missing = [k for k in missing if not k.endswith("position_ids") and k not in _tied_keys(student)
+               and (copy_vocab_transform or not k.startswith(VOCAB_TRANSFORM_KEYS))]
     if missing or unexpected:
         raise RuntimeError(f"student init from teacher: missing {missing}, unexpected {unexpected}")
     return student, lmap

@@ -22,8 +22,12 @@ IGNORE_INDEX = -100  # what torch.nn.functional.cross_entropy ignores by default
 class MLMMasker:
     """Select `mlm_probability` of the real tokens of a batch; of those 80% -> [MASK], 10% -> random, 10% kept.
 
-    Selection is exact at the batch level: n = round(p * R) positions out of the R real (non-special,
-    non-pad) tokens, drawn without replacement with weights w(id):
+    Selection is exact at the batch level: n positions out of the R real (non-special, non-pad) tokens,
+        count = "nonspecial" (default):  n = round(p * R)          exactly p of the tokens that can be masked
+        count = "reference":             n = ceil(p * (R + S))     the reference's `prepare_batch_mlm`: S counts
+                                         the non-pad specials ([CLS]/[SEP]), which are then never picked, so
+                                         R + S = the sum of the sequence lengths (about 3% more at 64 tokens)
+    drawn without replacement with weights w(id):
         w(id) = 1                                  (smoothing = 0, uniform)
         w(id) = max(count(id), 1) ** -smoothing    (mlm_smoothing, as in DistilBERT: rare tokens masked more)
     using exponential race keys k = E / w, E ~ Exp(1), and taking the n smallest keys (this is sampling
@@ -42,6 +46,7 @@ class MLMMasker:
         random_frac: float = 0.1,
         token_counts: np.ndarray | None = None,
         smoothing: float = 0.0,
+        count: str = "nonspecial",
     ):
         if not 0.0 < mlm_probability <= 1.0:
             raise ValueError(f"mlm_probability must be in (0, 1], got {mlm_probability}")
@@ -49,6 +54,9 @@ class MLMMasker:
             raise ValueError(f"mask_frac {mask_frac} + random_frac {random_frac} must be within [0, 1]")
         if smoothing < 0:
             raise ValueError(f"smoothing must be >= 0, got {smoothing}")
+        if count not in ("nonspecial", "reference"):
+            raise ValueError(f"count must be nonspecial or reference, got {count!r}")
+        self.count = count
         self.vocab_size = int(vocab_size)
         self.mask_token_id = int(mask_token_id)
         self.pad_token_id = int(pad_token_id)
@@ -86,7 +94,10 @@ class MLMMasker:
         labels = torch.full_like(ids, IGNORE_INDEX)
         if n_real == 0:
             return ids.clone(), labels
-        n_sel = max(1, int(round(self.mlm_probability * n_real)))
+        if self.count == "reference":  # ceil(p * sum of lengths), capped: only the real tokens can be picked
+            n_sel = min(n_real, math.ceil(self.mlm_probability * int((ids != self.pad_token_id).sum())))
+        else:
+            n_sel = max(1, int(round(self.mlm_probability * n_real)))
         # Exponential race: the n smallest E/w are a weighted sample without replacement.
         e = torch.empty(flat_real.numel(), dtype=torch.float64).exponential_(1.0, generator=generator)
         if self.weights is not None:

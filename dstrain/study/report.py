@@ -1,7 +1,8 @@
 """RUN/REPORT.md and RUN/figures/*.png from what the study's runs left in the folder.
 
 Every number is read from a file the runs wrote: `*/metrics.json` (held-out MLM loss/accuracy),
-`finetune/*/metrics.json` (genre accuracy, median over seeds, and each seed), `benchmark/benchmark.json`
+`finetune/*/metrics.json` (genre accuracy, median over seeds, and each seed), `finetune/*/seed-*/predictions.jsonl`
+(each validation passage's prediction, for the paired bootstrap intervals), `benchmark/benchmark.json`
 (size and speed), the TensorBoard event files under `*/tb/` (training curves, read with tensorboard's
 EventAccumulator) and `steps/*.json` (command lines and wall times). Nothing is typed in by hand except
 the paper's own numbers, which are labelled as such.
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dstrain.config import atomic_write_text
-from dstrain.study.run import ABLATIONS
+from dstrain.study.recipe import ABLATIONS
 
 # Sanh et al. 2019, Table 4: change of the GLUE macro-score when one part of the recipe is removed.
 PAPER_ABLATION = {"no_kl": -2.96, "no_cos": -1.46, "no_mlm": -0.31, "random_init": -3.69, "mlm_only": None}
@@ -107,43 +108,120 @@ def _genre_majority(cfg) -> float | None:
 
 
 def _finetune_result(run_dir: Path, name: str) -> dict | None:
+    """Genre accuracy of one trained model: median, each fine-tuning seed, and each seed's correctness per
+    validation passage ({seed: {idx: 0/1}}, from predictions.jsonl) for the paired bootstrap."""
     m = _read_json(run_dir / "finetune" / name / "metrics.json")
     if m is None:
         return None
-    seeds = [v.get("accuracy") for v in m.get("per_seed", {}).values()] if "per_seed" in m else [m.get("accuracy")]
-    return {"accuracy": m.get("accuracy"), "seeds": [s for s in seeds if s is not None]}
+    per_seed = m.get("per_seed") or {str(m.get("seed")): {"accuracy": m.get("accuracy")}}
+    correct = {}
+    for seed in per_seed:
+        f = run_dir / "finetune" / name / (f"seed-{seed}" if "per_seed" in m else "") / "predictions.jsonl"
+        if f.is_file():
+            rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+            correct[seed] = {r["idx"]: int(r["prediction"] == r["label"]) for r in rows}
+    seeds = [v.get("accuracy") for v in per_seed.values()]
+    return {"accuracy": m.get("accuracy"), "seeds": [s for s in seeds if s is not None], "correct": correct}
+
+
+def config_name(step_name: str) -> str:
+    """The configuration a trained step belongs to: `student_s1` -> `student` (see run.seed_suffix)."""
+    base, _, d = step_name.rpartition("_s")
+    return base if base and d.isdigit() else step_name
+
+
+def _pool(runs: list[dict]) -> dict:
+    """One configuration's entry from its distillation seeds' entries: genre accuracy = median over every
+    (distillation seed, fine-tuning seed) run; held-out MLM = mean over distillation seeds; the rest from seed 0."""
+    import statistics
+
+    out = dict(runs[0], members=len(runs))
+    genres = [r["genre"] for r in runs if r.get("genre")]
+    out["genre"] = None
+    if genres and len(genres) == len(runs):
+        accs = [a for g in genres for a in g["seeds"]]
+        out["genre"] = {"accuracy": statistics.median(accs), "seeds": accs, "correct": [g["correct"] for g in genres]}
+    for k in ("mlm_loss", "mlm_acc"):
+        vals = [r.get(k) for r in runs]
+        out[k] = None if None in vals else sum(vals) / len(vals)
+        out[f"{k}_runs"] = vals
+    return out
 
 
 def collect(run_dir: Path, cfg, steps, records) -> dict[str, Any]:
-    models = {}
-    names = [s.name for s in steps if s.name in ("teacher", "student") or s.name.startswith("ablation_")]
+    runs: dict[str, list[dict]] = {}
+    names = [s.name for s in steps if s.name == "teacher" or s.name.startswith(("student", "ablation_"))]
     for name in names:
         m = _read_json(run_dir / name / "metrics.json") or {}
         prefix = "student_"  # the trainer exports every trained model as RUN/NAME/student
-        models[name] = {
+        runs.setdefault(config_name(name), []).append({
             "mlm_loss": m.get(f"{prefix}mlm_loss"), "mlm_acc": m.get(f"{prefix}mlm_acc"),
             "teacher_mlm_loss": m.get("teacher_mlm_loss"), "teacher_mlm_acc": m.get("teacher_mlm_acc"),
             "params": _count_params(run_dir / name / "student"), "genre": _finetune_result(run_dir, name),
             "curves": read_scalars(run_dir / name), "steps": m.get("step"),
             "tokens_seen": m.get("tokens_seen"),
-        }
+        })
+    models = {k: _pool(v) for k, v in runs.items()}
     bench = _read_json(run_dir / "benchmark" / "benchmark.json")
     return {"models": models, "benchmark": bench, "majority": _genre_majority(cfg), "task": cfg.finetune_task,
             "manifest": _read_json(run_dir / "shards" / "manifest.json")}
 
 
-def _seed_spread(models, *names) -> float | None:
-    """The widest max-min range of the per-seed scores of `names`, in points: a difference of medians no
-    larger than this is not told apart from seed noise."""
-    ranges = [100 * (max(g["seeds"]) - min(g["seeds"])) for n in names
-              if (g := models.get(n, {}).get("genre")) and len(g.get("seeds", [])) > 1]
-    return max(ranges) if ranges else None
+def correctness(entry: dict):
+    """(D, F, N) 0/1 numpy array of a configuration: D distillation seeds x F fine-tuning seeds x N passages,
+    or None when a run has no predictions or the runs did not score the same passages."""
+    import numpy as np
+
+    runs = (entry.get("genre") or {}).get("correct")
+    if not runs or any(not r for r in runs) or len({len(r) for r in runs}) != 1:
+        return None
+    idx = sorted(next(iter(runs[0].values())))
+    try:
+        return np.array([[[r[f][i] for i in idx] for f in sorted(r)] for r in runs], dtype=np.float64)
+    except KeyError:
+        return None
 
 
-def _within_noise(models, a: str, b: str) -> tuple[float, float | None, bool]:
-    """(median of a - median of b in points, their seed spread, whether the difference is within it)."""
-    diff, spread = 100 * (_acc(models, a) - _acc(models, b)), _seed_spread(models, a, b)
-    return diff, spread, spread is not None and abs(diff) <= spread
+def paired_bootstrap(a, b, n_boot: int = 4000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Difference of mean accuracy a - b in points, with a percentile bootstrap interval.
+
+    a, b: (D, F, N) 0/1 correctness of two configurations, paired: the same distillation seed d,
+    fine-tuning seed f and validation passage n. Each replicate resamples with replacement the
+    distillation seeds, the fine-tuning seeds and the passages (the same draws for a and b), so the
+    interval holds the variation of all three:
+        diff* = mean over d in D*, f in F*, n in N* of (a[d, f, n] - b[d, f, n])
+    Returns (diff, low, high) in points, the interval at `level`.
+    """
+    import numpy as np
+
+    x = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)  # (D, F, N)
+    if x.ndim != 3 or x.size == 0:
+        raise ValueError(f"expected two (seeds, seeds, passages) arrays of one shape, got {np.shape(a)}, {np.shape(b)}")
+    d, f, n = x.shape
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n  # (B, N): passage weights of each replicate
+    per_run = (x.reshape(d * f, n) @ w.T).reshape(d, f, n_boot)  # each run's mean difference per replicate
+    di = rng.integers(0, d, size=(n_boot, d))
+    fi = rng.integers(0, f, size=(n_boot, f))
+    reps = per_run[di[:, :, None], fi[:, None, :], np.arange(n_boot)[:, None, None]].mean(axis=(1, 2))  # (B,)
+    lo, hi = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return 100 * float(x.mean()), 100 * float(lo), 100 * float(hi)
+
+
+def _compare(models, a: str, b: str) -> tuple[float, float | None, float | None] | None:
+    """(mean genre accuracy of a - b in points, 95% interval bounds or None); None if a score is missing."""
+    ea, eb = models.get(a, {}), models.get(b, {})
+    if not ea.get("genre") or not eb.get("genre"):
+        return None
+    ca, cb = correctness(ea), correctness(eb)
+    if ca is not None and cb is not None and ca.shape == cb.shape:
+        return paired_bootstrap(ca, cb)
+    mean = lambda e: sum(e["genre"]["seeds"]) / len(e["genre"]["seeds"])  # noqa: E731
+    return 100 * (mean(ea) - mean(eb)), None, None
+
+
+def _interval(c) -> str:
+    return "n/a" if c is None or c[1] is None else f"[{c[1]:+.1f}, {c[2]:+.1f}]"
 
 
 def _acc(models, name) -> float | None:
@@ -244,9 +322,13 @@ def write_report(run_dir: Path, cfg, steps, records) -> str:
           f"teacher ({cfg.teacher_layers} layers, hidden {cfg.hidden_size}, vocabulary {cfg.vocab_size}, "
           f"sequences of {cfg.max_seq_len} tokens) pretrained with MLM, a {cfg.teacher_layers // 2}-layer student "
           f"distilled from it with the triple loss (5 L_ce + 2 L_mlm + 1 L_cos, T = {cfg.temperature}, "
-          f"layer map `{cfg.layer_map}`), the paper's ablations at the same budget, fine-tuning on the "
-          f"`{cfg.finetune_task}` task ({_genre_words(cfg.finetune_task)}, plays split between train and validation) with "
-          f"{cfg.finetune_seeds} seeds (median), and a CPU benchmark. Every number below is read from the runs "
+          f"L_ce on {'the masked positions only' if cfg.restrict_ce_to_mask else 'every non-pad token, as in the paper'}, "
+          f"layer map `{cfg.layer_map}`), the paper's ablations at the same budget, each student configuration "
+          f"distilled with {cfg.distill_seeds} seed(s), fine-tuning on the `{cfg.finetune_task}` task "
+          f"({_genre_words(cfg.finetune_task)}, plays split between train and validation) with "
+          f"{cfg.finetune_seeds} seeds per model, scored on {cfg.finetune_eval_examples} validation passages, and a "
+          "CPU benchmark. Genre accuracies are medians over every (distillation seed, fine-tuning seed) run; "
+          "differences are means with a 95% paired bootstrap interval. Every number below is read from the runs "
           "in this folder.", ""]
     L += ["## Result", ""]
     if keep is not None:
@@ -255,12 +337,12 @@ def write_report(run_dir: Path, cfg, steps, records) -> str:
                  f"{100 * PAPER_GLUE['student'] / PAPER_GLUE['teacher']:.0f}% of BERT-base's GLUE score).")
     clear = None
     if beats is not None:
-        margin, spread, within = _within_noise(models, "student", "ablation_mlm_only")
-        clear = not within
+        c = _compare(models, "student", "ablation_mlm_only")
+        clear = c[1] is not None and (c[1] > 0 or c[2] < 0)
         L.append(f"{'It beats' if beats else 'It does NOT beat'} the MLM-only student of the same size and budget "
-                 f"({_pct(s_acc)} vs {_pct(mlm_only)}, {margin:+.1f} points; "
-                 + ("" if spread is None else f"seed-to-seed spread {spread:.1f} points: ")
-                 + ("a clear difference)." if clear else "**within seed noise, so not a clear win**)."))
+                 f"({_pct(s_acc)} vs {_pct(mlm_only)}; mean difference {c[0]:+.1f} points, 95% interval "
+                 f"{_interval(c)}: "
+                 + ("a clear difference)." if clear else "**the interval includes 0, so not a clear win**)."))
     maj = data["majority"]
     at_chance = [n for n, m in models.items()
                  if maj is not None and m.get("genre") and m["genre"]["accuracy"] <= maj + 0.005]
@@ -273,7 +355,7 @@ def write_report(run_dir: Path, cfg, steps, records) -> str:
     if at_chance:
         L.append("Models whose median is at the majority-class level (fine-tuning collapsed): "
                  + ", ".join(f"`{n}`" for n in at_chance) + ".")
-    verdict = "NOT met" if not ok else ("met" if clear else "met on the medians, but the MLM-only margin is within seed noise")
+    verdict = "NOT met" if not ok else ("met" if clear else "met on the medians, but the MLM-only margin is within noise")
     L.append(f"Quality bar (student >= 90% of the teacher AND better than MLM-only): **{verdict}**"
              + (" (not expected of the --quick toy sizes)." if cfg.quick else "."))
     meta = _read_json(run_dir / "study.json") or {}
@@ -305,47 +387,48 @@ def write_report(run_dir: Path, cfg, steps, records) -> str:
 
     # Table 4
     L += ["## Ablations (the paper's Table 4, in miniature)", "",
-          "Differences from the full triple loss at the same budget (genre accuracy in points, median over seeds; "
-          "held-out MLM accuracy in points). The paper's column is the change of the GLUE macro-score.", "",
-          "| ablation | genre accuracy | Δ genre (points) | held-out MLM accuracy | Δ MLM acc (points) | paper Δ GLUE | agrees with the paper? |",
-          "|---|---|---|---|---|---|---|"]
+          "Differences from the full triple loss at the same budget. Genre accuracy: median over runs; Δ genre: "
+          "mean over runs, ablation minus full, in points, with a 95% interval from a paired bootstrap that "
+          f"resamples the {cfg.distill_seeds} distillation seed(s), the {cfg.finetune_seeds} fine-tuning seeds and the "
+          "validation passages together (every configuration uses the same seeds and passages). Held-out MLM "
+          "accuracy: mean over distillation seeds. The paper's column is the change of the GLUE macro-score.", "",
+          "| ablation | genre accuracy | Δ genre (points) | 95% interval | held-out MLM accuracy | Δ MLM acc (points) | paper Δ GLUE | agrees with the paper? |",
+          "|---|---|---|---|---|---|---|---|"]
     full = models.get("student", {})
     f_acc, f_mlm = _acc(models, "student"), full.get("mlm_acc")
-    L.append(f"| full triple loss (reference) | {_pct(f_acc)} | 0 | {_pct(f_mlm)} | 0 | 0 | |")
-    disagreements, unclear = [], []
+    L.append(f"| full triple loss (reference) | {_pct(f_acc)} | 0 | | {_pct(f_mlm)} | 0 | 0 | |")
+    disagreements, unresolved = [], []
     for name in cfg.ablation_list:
         m = models.get(f"ablation_{name}", {})
-        a = _acc(models, f"ablation_{name}")
-        d, noise, within = (None, None, False) if a is None or f_acc is None else \
-            _within_noise(models, f"ablation_{name}", "student")
+        c = _compare(models, f"ablation_{name}", "student")
         dm = None if m.get("mlm_acc") is None or f_mlm is None else 100 * (m["mlm_acc"] - f_mlm)
         paper = PAPER_ABLATION.get(name)
-        if d is None:
+        if c is None:
             agree = "n/a"
-        elif within:
-            agree = f"unclear: within the seed spread ({noise:.1f} points)"
-            unclear.append(name)
-        elif d < 0:
+        elif c[1] is None or c[1] <= 0 <= c[2]:
+            agree = f"unresolved: the interval includes 0 (measured sign {'-' if c[0] < 0 else '+'})"
+            unresolved.append(name)
+        elif c[2] < 0:
             agree = "yes: it hurts"
         else:
-            agree = "**no: it does not hurt here**"
+            agree = "**no: it helps here**"
             disagreements.append(name)
-        L.append(f"| {ABLATIONS[name][0]} | {_pct(a)} | {_fmt(d, 1) if d is None else f'{d:+.1f}'} | "
+        L.append(f"| {ABLATIONS[name][0]} | {_pct(_acc(models, f'ablation_{name}'))} | "
+                 f"{'n/a' if c is None else f'{c[0]:+.1f}'} | {_interval(c)} | "
                  f"{_pct(m.get('mlm_acc'))} | {'n/a' if dm is None else f'{dm:+.1f}'} | "
                  f"{'not in the paper' if paper is None else f'{paper:+.2f}'} | {agree} |")
     L.append("")
     if disagreements:
         L.append("**Where this run disagrees with the paper:** "
                  + ", ".join(f"`{n}`" for n in disagreements)
-                 + " scored higher than the full triple loss, by more than the seed-to-seed spread.")
-    if unclear:
-        L.append("**Not shown by this run:** " + ", ".join(f"`{n}`" for n in unclear)
-                 + (" differ" if len(unclear) > 1 else " differs") + " from the full triple loss by no more than the seed-to-seed spread (max - min over "
-                   "seeds of either model), so the sign of the difference is not evidence either way. At this "
-                   "scale (a few hundred steps, a tiny teacher, a genre task scored on held-out plays) the held-out "
-                   "MLM columns are the steadier signal.")
-    if not disagreements and not unclear:
-        L.append("Every ablation lowers the genre accuracy by more than the seed spread, as in the paper.")
+                 + " scored higher than the full triple loss, with the whole 95% interval above 0.")
+    if unresolved:
+        L.append("**Not resolved by this run:** " + ", ".join(f"`{n}`" for n in unresolved)
+                 + ": the 95% interval of the difference includes 0, so its sign is not evidence either way. "
+                   "More `--distill_seeds` or `--finetune_seeds` narrow it; the held-out MLM columns are the "
+                   "steadier signal at this scale.")
+    if not disagreements and not unresolved:
+        L.append("Every ablation lowers the genre accuracy, with the whole 95% interval below 0, as in the paper.")
     L.append("")
 
     # Size and speed

@@ -1,6 +1,6 @@
 """`study`: the whole miniature DistilBERT study on the embedded Shakespeare corpus, then RUN/REPORT.md.
 
-    python dstrain/cli.py study --out_dir runs/study             # full study: <= 15 min on 2 CPU cores
+    python dstrain/cli.py study --out_dir runs/study             # full study: ~16 min on 2 idle cores (recipe.py)
     python dstrain/cli.py study --out_dir runs/quick --quick     # smoke run (< 3 min): what the tests run
     python dstrain/cli.py study --help                           # every setting, with full and quick values
 
@@ -11,6 +11,7 @@ written into the report and RUN/steps/NAME.json:
   3. distill   (triple loss, every other teacher layer)        -> RUN/student
   4. ablations at the same budget: distill without L_ce / L_cos / L_mlm, random init, and `pretrain` of a
      student-sized model with MLM alone (no teacher)          -> RUN/ablation_*
+     steps 3 and 4 each with --distill_seeds seeds (RUN/student, RUN/student_s1, ...)
   5. finetune shakespeare_genre, several seeds (median)       -> RUN/finetune/NAME
   6. benchmark teacher vs student                             -> RUN/benchmark
 A rerun skips finished steps (so the teacher is reused); steps run two at a time with one thread each (the
@@ -30,59 +31,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dstrain.config import ConfigError, UserError, atomic_write_json, build_config, config_to_dict, opt, require
+from dstrain.study.recipe import ABLATIONS, FULL, QUICK
 from dstrain.study.steps import Step, check_cache, run_steps
-
-# The recipe. Sizes come from docs/CALIBRATION.md and a sizing sweep (see docs/STUDY.md):
-# at h256/vocab 8000 a 2-core CPU does ~4.5k tokens/s, too slow for a teacher, six students and 21
-# fine-tunes in 15 minutes; a 4-layer h128 teacher on a 3,000-piece vocabulary and 64-token sequences
-# costs ~1.3M parameters per token (~8 MFLOP per trained token), about 4x less.
-FULL = dict(
-    vocab_size=3000, max_seq_len=64, teacher_layers=4, hidden_size=128, num_heads=4, intermediate_size=512,
-    teacher_steps=800, student_steps=300, global_batch_size=32, teacher_lr=1e-3, student_lr=1e-3,
-    pretrain_dropout=0.0, pretrain_mlm_smoothing=0.0, pretrain_mlm_probability=0.4, restrict_ce_to_mask=True,
-    eval_every=100, eval_batches=12, val_fraction=0.02,
-    finetune_task="shakespeare_genre3", finetune_seeds=3, finetune_lr=2e-4, finetune_epochs=3.0,
-    finetune_max_seq_length=64, finetune_train_examples=2000, finetune_eval_examples=1000,
-    bench_seq_lens="32,64", bench_batch_sizes="1,8", bench_repeats=10,
-)
-# Why these values (measured on 2 idle cores, see docs/STUDY.md):
-# - The old recipe (BERT dropout 0.1, DistilBERT's count^-0.7 masking for the teacher too, 600 steps) left the
-#   teacher at the unigram plateau: it answered "," at 97% of the masked positions, held-out loss 6.72 against
-#   a unigram entropy of 6.27 nats. Nothing downstream could then tell teacher, student and MLM-only apart.
-#   Uniform masking (BERT's own pretraining) and no dropout reach 6.00 at step 600 and 5.93 at step 1000.
-# - Masking 40% instead of 15% in pretraining (Wettig et al. 2022, "Should you mask 15%?") gives more loss
-#   positions per step: held-out loss 5.90 instead of 5.99 at step 800, same cost. Distillation keeps 15%.
-# - KL on masked positions only: at unmasked positions the teacher mostly echoes the visible token; the
-#   full-sequence KL made each distillation step ~40% dearer (students 131-166 s vs 103 s without the KL).
-# - Fine-tuning lr 2e-4 (the paper fine-tunes gently, 2e-5..5e-5): at 3e-4 and 1e-3 every model, MLM-only
-#   and random-init included, learned the genre task from scratch to 52-54%, so the score no longer said
-#   anything about pretraining. On the same models (seed 0): at 1e-4 teacher 51.0%, student 50.8%, MLM-only
-#   and random-init 42.1% (the majority class, every seed); at 2e-4 teacher 53.4%, student 53.7%, MLM-only
-#   43.5% and random-init 42.5% (each learned the task in 1 of 3 seeds), seed spreads of teacher and
-#   student under 0.6 points.
-# - shakespeare_genre (6 genres, majority 28%) was too hard for these models: at fine-tuning lr 3e-4 most
-#   seeds collapsed to the majority class. On the First Folio's three genres (shakespeare_genre3) teacher
-#   and student never did.
-# Quick: the same pipeline, every table filled, at toy sizes (a smoke test, not a result).
-QUICK = dict(
-    vocab_size=1000, max_seq_len=64, teacher_layers=2, hidden_size=64, num_heads=2, intermediate_size=256,
-    teacher_steps=30, student_steps=20, global_batch_size=16, teacher_lr=1e-3, student_lr=1e-3,
-    pretrain_dropout=0.0, pretrain_mlm_smoothing=0.0, pretrain_mlm_probability=0.4, restrict_ce_to_mask=True,
-    eval_every=10, eval_batches=3, val_fraction=0.01,
-    finetune_task="shakespeare_genre3", finetune_seeds=2, finetune_lr=1e-3, finetune_epochs=1.0, finetune_max_seq_length=64,
-    finetune_train_examples=192, finetune_eval_examples=192,
-    bench_seq_lens="64", bench_batch_sizes="1", bench_repeats=3,
-)
-
-# name -> (what it is, distill flags). "mlm_only" is `pretrain` of a student-sized model (no teacher).
-ABLATIONS = {
-    "no_kl": ("without L_ce (the KL to the teacher's soft targets)", ["--alpha_ce", "0"]),
-    "no_cos": ("without L_cos (hidden-state alignment)", ["--alpha_cos", "0"]),
-    "no_mlm": ("without L_mlm (the student's own masked-LM loss)", ["--alpha_mlm", "0"]),
-    "random_init": ("random initialisation instead of every other teacher layer", ["--student_init", "random"]),
-    "mlm_only": ("MLM alone, random init, no teacher (same size and budget)", None),
-}
-
 
 def _preset(help_: str, key: str):
     return opt(None, f"{help_} (full: {FULL[key]}, quick: {QUICK[key]})")
@@ -128,6 +78,8 @@ class StudyConfig:
                                                "every token)", "restrict_ce_to_mask")
     finetune_task: str | None = _preset("downstream task (finetune --task): shakespeare_genre3 or shakespeare_genre",
                                         "finetune_task")
+    distill_seeds: int | None = _preset("distillation seeds per student configuration (the student, each ablation, "
+                                        "MLM-only); each is fine-tuned with every fine-tuning seed", "distill_seeds")
     finetune_seeds: int | None = _preset("fine-tuning seeds per model (the median is reported)", "finetune_seeds")
     finetune_lr: float | None = _preset("fine-tuning learning rate", "finetune_lr")
     finetune_epochs: float | None = _preset("fine-tuning epochs", "finetune_epochs")
@@ -158,7 +110,7 @@ class StudyConfig:
                 f"{self.finetune_max_seq_length} is longer than the pretraining --max_seq_len {self.max_seq_len}: "
                 f"the models have no trained position embeddings beyond it")
         for k in ("vocab_size", "max_seq_len", "teacher_steps", "student_steps", "global_batch_size", "eval_batches",
-                  "finetune_seeds", "finetune_train_examples", "finetune_eval_examples", "bench_repeats"):
+                  "distill_seeds", "finetune_seeds", "finetune_train_examples", "finetune_eval_examples", "bench_repeats"):
             require(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
         require(self.vocab_size >= 100, "vocab_size", f"a WordPiece vocabulary needs >= 100 pieces, got {self.vocab_size}")
         require(0 < self.val_fraction < 0.5, "val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
@@ -194,43 +146,50 @@ def plan(cfg: StudyConfig, run_dir: Path) -> list[Step]:
              shards, "manifest.json", needs=["tokenizer"], what="tokenized WebDataset shards (train/val)"),
     ]
     # A checkpoint at every evaluation (only the last kept): a killed study continues its training steps.
-    common = ["--data", str(shards), "--ds_config", cfg.ds_config, "--precision", cfg.precision,
-              "--global_batch_size", str(cfg.global_batch_size), "--micro_batch_size_per_gpu",
-              str(cfg.global_batch_size), "--seed", str(cfg.seed), "--eval_every", str(cfg.eval_every),
-              "--eval_batches", str(cfg.eval_batches), "--log_every", "5", "--save_every", str(cfg.eval_every),
-              "--keep_last", "1", "--progress", "false"]
+    def common(seed: int) -> list[str]:
+        return ["--data", str(shards), "--ds_config", cfg.ds_config, "--precision", cfg.precision,
+                "--global_batch_size", str(cfg.global_batch_size), "--micro_batch_size_per_gpu",
+                str(cfg.global_batch_size), "--seed", str(seed), "--eval_every", str(cfg.eval_every),
+                "--eval_batches", str(cfg.eval_batches), "--log_every", "5", "--save_every", str(cfg.eval_every),
+                "--keep_last", "1", "--progress", "false"]
     size = ["--hidden_size", str(cfg.hidden_size), "--num_heads", str(cfg.num_heads), "--intermediate_size",
             str(cfg.intermediate_size), "--max_position_embeddings", str(cfg.max_seq_len),
             "--dropout", str(cfg.pretrain_dropout), "--mlm_smoothing", str(cfg.pretrain_mlm_smoothing),
             "--mlm_probability", str(cfg.pretrain_mlm_probability)]
-    steps.append(Step("teacher", ["dstrain/cli.py", "pretrain", "--out_dir", str(R / "teacher"), *common,
+    steps.append(Step("teacher", ["dstrain/cli.py", "pretrain", "--out_dir", str(R / "teacher"), *common(cfg.seed),
                                   "--num_layers", str(cfg.teacher_layers), *size, "--max_steps",
                                   str(cfg.teacher_steps), "--lr", str(cfg.teacher_lr)],
                       R / "teacher", "metrics.json", needs=["shards"], resumable=True,
                       what=f"teacher: BERT {cfg.teacher_layers} layers, MLM only",
                       # every later step waits for the teacher: give it all the study's cores
                       threads=cfg.jobs * cfg.threads, exclusive=True))
-    distill = ["dstrain/cli.py", "distill", "--teacher", str(R / "teacher" / "student"), *common,
-               "--max_steps", str(cfg.student_steps), "--lr", str(cfg.student_lr), "--temperature",
-               str(cfg.temperature), "--restrict_ce_to_mask", str(cfg.restrict_ce_to_mask).lower(),
-               "--layer_map", cfg.layer_map]
-    steps.append(Step("student", [*distill, "--out_dir", str(R / "student")], R / "student", "metrics.json",
-                      needs=["teacher"], resumable=True,
-                      what="distilled student: triple loss, every other teacher layer"))
-    for name in cfg.ablation_list:
-        what, flags = ABLATIONS[name]
-        out = R / f"ablation_{name}"
-        if flags is None:
-            argv = ["dstrain/cli.py", "pretrain", "--out_dir", str(out), *common, "--num_layers",
-                    str(cfg.teacher_layers // 2), *size, "--max_steps", str(cfg.student_steps), "--lr",
-                    str(cfg.student_lr)]
-            needs = ["shards"]
-        else:
-            argv = [*distill, "--out_dir", str(out), *flags]
-            needs = ["teacher"]
-        steps.append(Step(f"ablation_{name}", argv, out, "metrics.json", needs=needs, resumable=True, what=what))
+    # Every student configuration is distilled with distill_seeds seeds (init of the random parts, data order,
+    # masks); seed 0 keeps the plain step name, seed d > 0 is NAME_sD. All fine-tune with the same seeds, so
+    # two configurations are compared run against run (the report's paired bootstrap).
+    for d in range(cfg.distill_seeds):
+        sfx, seed = seed_suffix(d), cfg.seed + d
+        distill = ["dstrain/cli.py", "distill", "--teacher", str(R / "teacher" / "student"), *common(seed),
+                   "--max_steps", str(cfg.student_steps), "--lr", str(cfg.student_lr), "--temperature",
+                   str(cfg.temperature), "--restrict_ce_to_mask", str(cfg.restrict_ce_to_mask).lower(),
+                   "--layer_map", cfg.layer_map]
+        steps.append(Step(f"student{sfx}", [*distill, "--out_dir", str(R / f"student{sfx}")], R / f"student{sfx}",
+                          "metrics.json", needs=["teacher"], resumable=True,
+                          what=f"distilled student: triple loss, every other teacher layer (seed {seed})"))
+        for name in cfg.ablation_list:
+            what, flags = ABLATIONS[name]
+            out = R / f"ablation_{name}{sfx}"
+            if flags is None:
+                argv = ["dstrain/cli.py", "pretrain", "--out_dir", str(out), *common(seed), "--num_layers",
+                        str(cfg.teacher_layers // 2), *size, "--max_steps", str(cfg.student_steps), "--lr",
+                        str(cfg.student_lr)]
+                needs = ["shards"]
+            else:
+                argv = [*distill, "--out_dir", str(out), *flags]
+                needs = ["teacher"]
+            steps.append(Step(f"ablation_{name}{sfx}", argv, out, "metrics.json", needs=needs, resumable=True,
+                              what=f"{what} (seed {seed})"))
     ft = []
-    for s in [x for x in steps if x.name == "teacher" or x.name == "student" or x.name.startswith("ablation_")]:
+    for s in [x for x in steps if x.name == "teacher" or x.name.startswith(("student", "ablation_"))]:
         out = R / "finetune" / s.name
         ft.append(Step(f"finetune_{s.name}", [
             "dstrain/cli.py", "finetune", "--model", str(s.out / "student"), "--task", cfg.finetune_task,
@@ -251,6 +210,11 @@ def plan(cfg: StudyConfig, run_dir: Path) -> list[Step]:
         R / "benchmark", "benchmark.json", needs=[s.name for s in steps if s.name != "tokenizer"],
         what="size and speed, teacher vs student", threads=cfg.jobs * cfg.threads, exclusive=True))
     return steps
+
+
+def seed_suffix(d: int) -> str:
+    """Step-name suffix of the d-th distillation seed: none for the first (the names of a one-seed study)."""
+    return "" if d == 0 else f"_s{d}"
 
 
 def _needed(steps: list[Step], until: str) -> list[Step]:

@@ -58,6 +58,9 @@ class TrainConfig:
     global_batch_size: int | None = opt(None, "sequences per optimizer step = micro x accumulation x world size")
     lr: float = opt(5e-4, "peak learning rate (paper: 5e-4)")
     warmup_frac: float = opt(0.05, "linear warmup over this fraction of max_steps, then linear decay to 0")
+    warmup_style: str | None = opt(None, "dstrain: lr (s+1)/W at step s, peak at the last warmup step; reference: "
+                                   "transformers' get_linear_schedule_with_warmup as the reference builds it (lr 0 "
+                                   "at the first step, W = ceil(frac * (max_steps + 1))). None: the --recipe's (dstrain: dstrain)")
     adam_beta1: float = opt(0.9, "AdamW beta1")
     adam_beta2: float = opt(0.98, "AdamW beta2 (paper: 0.98)")
     adam_eps: float = opt(1e-6, "AdamW epsilon (paper: 1e-6)")
@@ -65,6 +68,8 @@ class TrainConfig:
     grad_clip: float = opt(5.0, "clip the global gradient norm to this (paper: 5.0); 0 = off")
     mlm_probability: float = opt(0.15, "fraction of real tokens selected for the MLM loss")
     mlm_smoothing: float = opt(0.7, "mask rare tokens more: weight = count^-smoothing (paper 0.7; 0 = uniform)")
+    mask_count: str | None = opt(None, "tokens masked per batch: nonspecial = round(p x non-special tokens); reference "
+                                 "= ceil(p x all non-pad tokens, [CLS]/[SEP] included). None: the --recipe's (dstrain: nonspecial)")
     num_workers: int = opt(0, "DataLoader worker processes per rank")
     strict_data: bool = opt(True, "stop on a bad shard (true) or skip and count it (false)")
     log_every: int = opt(10, "TensorBoard scalars every N steps")
@@ -79,6 +84,13 @@ class TrainConfig:
     continue_finished: bool = opt(False, "train a finished run further to a larger --max_steps (replaces its student/ and metrics.json)")
 
     def validate(self) -> None:
+        from dstrain.recipe import apply_recipe
+
+        apply_recipe(self, getattr(self, "recipe", "dstrain"))  # fills the recipe settings not given
+        # Fire passes a bare `--resume` as True, which arrives here as "True"
+        self.resume = str(self.resume).lower()
+        require(self.mask_count in ("nonspecial", "reference"), "mask_count", "must be nonspecial or reference")
+        require(self.warmup_style in ("dstrain", "reference"), "warmup_style", "must be dstrain or reference")
         require(bool(self.data), "data", "is required: a shards folder from data_prep/build_shards.py")
         require(bool(self.out_dir), "out_dir", "is required: the run folder")
         require(self.max_steps >= 1, "max_steps", "must be >= 1")
@@ -106,9 +118,16 @@ class DistillConfig(TrainConfig):
     """`distill`: a student from --teacher trained with the triple loss."""
 
     teacher: str = opt(None, "teacher masked-LM: save_pretrained folder or cached HF name (BERT or RoBERTa family)")
+    recipe: str = opt("dstrain", "defaults of mask_count, copy_vocab_transform, student_dropout, warmup_style and "
+                      "layer_map: dstrain, or reference (the reference code's choices); explicit flags win")
     student_layers: int = opt(0, "student depth; 0 = half the teacher's layers")
-    layer_map: str = opt("even", "teacher layers copied into the student: even, reference ([0,2,4,7,9,11] for 12->6) or a list")
+    layer_map: str | None = opt(None, "teacher layers copied into the student: even, reference ([0,2,4,7,9,11] for "
+                                "12->6) or a list. None: the --recipe's (dstrain: even)")
     student_init: str = opt("teacher", "teacher (copy embeddings, MLM head, mapped layers) or random (ablation)")
+    copy_vocab_transform: bool | None = opt(None, "copy the MLM head's transform + LayerNorm from the teacher (false: "
+                                            "random init, the reference's default). None: the --recipe's (dstrain: true)")
+    student_dropout: str | None = opt(None, "student hidden and attention dropout: teacher (copy the teacher's) or a "
+                                      "number (the reference: 0.1). None: the --recipe's (dstrain: teacher)")
     alpha_ce: float = opt(5.0, "weight of the KL(teacher || student) term at temperature T")
     alpha_mlm: float = opt(2.0, "weight of the student's MLM cross-entropy")
     alpha_cos: float = opt(1.0, "weight of the cosine loss between last hidden states")
@@ -125,6 +144,9 @@ class DistillConfig(TrainConfig):
                 "every loss weight is 0; set at least one of --alpha_ce, --alpha_mlm, --alpha_cos > 0")
         require(self.student_init in ("teacher", "random"), "student_init", "must be teacher or random")
         require(self.student_layers >= 0, "student_layers", "must be >= 0 (0 = half the teacher)")
+        from dstrain.recipe import parse_dropout
+
+        parse_dropout(self.student_dropout)
 
 
 @dataclasses.dataclass
@@ -148,11 +170,21 @@ class PretrainConfig(TrainConfig):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def lr_lambda(max_steps: int, warmup_frac: float):
-    """Multiplier of the peak LR at optimizer step s (0-based), W = round(warmup_frac * max_steps):
-        s < W:  (s + 1) / W                  linear warmup, reaching the peak at s = W - 1
-        s >= W: (max_steps - s) / (max_steps - W)   linear decay to 0 at max_steps
+def lr_lambda(max_steps: int, warmup_frac: float, style: str = "dstrain"):
+    """Multiplier of the peak LR at optimizer step s (0-based).
+
+    style "dstrain": W = round(warmup_frac * max_steps), T = max_steps
+        s < W:  (s + 1) / W              linear warmup, reaching the peak at s = W - 1
+        s >= W: (T - s) / (T - W)        linear decay to 0 at max_steps
+    style "reference": transformers' get_linear_schedule_with_warmup(W, T) as the reference's distiller.py
+    calls it: T = max_steps + 1 (its step count plus one), W = ceil(warmup_frac * T)
+        s < W:  s / W                    the first step runs at lr 0 (one step behind "dstrain")
+        s >= W: max(0, (T - s) / (T - W))
     """
+    if style == "reference":
+        t = max_steps + 1
+        w = math.ceil(warmup_frac * t)
+        return lambda s: s / max(1, w) if s < w else max(0.0, (t - s) / max(1, t - w))
     w = int(round(warmup_frac * max_steps))
 
     def f(s: int) -> float:
@@ -391,8 +423,11 @@ class Trainer:
                 raise UserError(f"--teacher {cfg.teacher} has {self.teacher.config.max_position_embeddings} positions "
                                 f"but the shards hold sequences of up to {need_pos} tokens; rebuild the shards with "
                                 f"--max_seq_len {self.teacher.config.max_position_embeddings}")
+            from dstrain.recipe import parse_dropout
+
             student, self.layer_map = build_student(self.teacher, self.teacher.config, cfg.student_layers or None,
-                                                    cfg.layer_map, cfg.student_init, cfg.seed)
+                                                    cfg.layer_map, cfg.student_init, cfg.seed,
+                                                    cfg.copy_vocab_transform, parse_dropout(cfg.student_dropout))
             self.loss = LossSettings(cfg.alpha_ce, cfg.alpha_mlm, cfg.alpha_cos, cfg.temperature, cfg.restrict_ce_to_mask)
             self.teacher_fp = teacher_fingerprint(self.teacher)
         else:
@@ -436,7 +471,8 @@ class Trainer:
         self.device = dist.device
         self.resume_tag = self.ckpt.find_resume() if cfg.resume != "false" else None
 
-        masker = MLMMasker.for_shards(self.shards, mlm_probability=cfg.mlm_probability, smoothing=cfg.mlm_smoothing)
+        masker = MLMMasker.for_shards(self.shards, mlm_probability=cfg.mlm_probability, smoothing=cfg.mlm_smoothing,
+                                      count=cfg.mask_count)
         self.loader = build_loader(self.shards, micro_batch_size=self.micro, rank=dist.rank, world_size=dist.world_size,
                                    num_workers=cfg.num_workers, seed=cfg.seed, masker=masker)
         # uniform masking for evaluation: a fixed, comparable task across runs and steps
@@ -448,7 +484,7 @@ class Trainer:
         opt_ = torch.optim.AdamW(param_groups(self.student, cfg.weight_decay), lr=cfg.lr,
                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
                                  fused=self.device.type == "cuda")
-        sched = lambda o: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(cfg.max_steps, cfg.warmup_frac))  # noqa: E731
+        sched = lambda o: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(cfg.max_steps, cfg.warmup_frac, cfg.warmup_style))  # noqa: E731
         self.engine, _, _, _ = deepspeed.initialize(model=StudentForDistill(self.student), optimizer=opt_,
                                                     lr_scheduler=sched, config=self.ds_cfg)
         del self.student  # the engine owns it now (partitioned under ZeRO-3)

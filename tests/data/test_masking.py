@@ -100,3 +100,35 @@ def test_loader_masks_with_corpus_counts_and_never_special(tiny_shards_dir):
             sel_rare += int((counts[batch["labels"][sel]] < median).sum())
         share[smoothing] = sel_rare / sel_total
     assert share[0.7] > 2 * share[0.0], share
+
+
+def test_reference_mask_count_is_ceil_of_all_non_pad_tokens():
+    """count="reference" selects as many tokens as the reference's distiller.prepare_batch_mlm:
+    `n_tgt = math.ceil(self.mlm_mask_prop * lengths.sum().item())` (lengths include [CLS] and [SEP], which
+    have probability 0 and so are never picked); the default selects round(p x maskable tokens)."""
+    import math
+
+    ref = MLMMasker(V, MASK, PAD, [PAD, UNK, CLS, SEP, MASK], count="reference")
+    ours = MLMMasker(V, MASK, PAD, [PAD, UNK, CLS, SEP, MASK])
+    gen = torch.Generator().manual_seed(3)
+    more = 0
+    for _ in range(20):
+        ids = make_batch(gen, B=8)
+        lengths = (ids != PAD).sum(1)  # the reference's `lengths`: [CLS] ... [SEP], no padding
+        n_tgt = math.ceil(0.15 * lengths.sum().item())
+        _, labels = ref(ids, gen)
+        sel = labels != IGNORE_INDEX
+        assert int(sel.sum()) == n_tgt
+        assert not (sel & (ids < 5)).any(), "a special token or padding was selected"
+        _, labels = ours(ids, gen)
+        n_ours = int((labels != IGNORE_INDEX).sum())
+        assert n_ours == round(0.15 * int((ids >= 5).sum()))
+        more += n_tgt > n_ours
+    assert more == 20  # two specials per sequence: the reference always masks more
+
+
+def test_reference_mask_count_never_exceeds_the_maskable_tokens():
+    m = MLMMasker(V, MASK, PAD, [PAD, UNK, CLS, SEP, MASK], mlm_probability=1.0, count="reference")
+    ids = torch.tensor([[CLS, 10, 11, SEP, PAD]])
+    _, labels = m(ids, torch.Generator().manual_seed(0))
+    assert torch.equal(labels, torch.tensor([[IGNORE_INDEX, 10, 11, IGNORE_INDEX, IGNORE_INDEX]]))

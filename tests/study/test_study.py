@@ -77,7 +77,9 @@ def test_quick_study_writes_a_full_report(quick_run):
     student_cmd = json.loads((run / "steps" / "student.json").read_text())["argv"]
     assert student_cmd[student_cmd.index("--restrict_ce_to_mask") + 1] == "true"
     assert "--task shakespeare_genre3" in report and "3 genres: comedies, histories, tragedies" in report
-    assert re.search(r"Quality bar .*: \*\*(met|NOT met|met on the medians, but .* within seed noise)\*\*", report)
+    assert re.search(r"Quality bar .*: \*\*(met|NOT met|met on the medians, but .* within noise)\*\*", report)
+    # every difference has an interval, from the runs' own predictions (2 fine-tuning seeds x 192 passages)
+    assert re.search(r"mean difference [+-][0-9.]+ points, 95% interval \[[+-][0-9.]+, [+-][0-9.]+\]", report)
 
 
 def test_curves_come_from_tensorboard_files(quick_run):
@@ -162,13 +164,73 @@ def test_refuses_a_folder_that_is_not_a_study(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
-def test_seed_spread_decides_what_the_report_may_claim():
-    """A difference of medians no larger than the widest max-min seed range is reported as unclear."""
-    from dstrain.study.report import _seed_spread
+def test_paired_bootstrap_interval():
+    """The interval covers the true difference, shrinks with more passages and seeds, and excludes 0 only
+    when the difference is real; pairing removes what two configurations share."""
+    import numpy as np
 
-    models = {"student": {"genre": {"accuracy": 0.53, "seeds": [0.52, 0.53, 0.54]}},
-              "ablation_x": {"genre": {"accuracy": 0.50, "seeds": [0.45, 0.50, 0.51]}},
-              "one_seed": {"genre": {"accuracy": 0.5, "seeds": [0.5]}}}
-    assert _seed_spread(models, "student") == pytest.approx(2.0)
-    assert _seed_spread(models, "student", "ablation_x") == pytest.approx(6.0)
-    assert _seed_spread(models, "one_seed", "missing") is None
+    from dstrain.study.report import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    hard = rng.random(1500) < 0.5  # passages both configurations get wrong: shared, cancels in pairs
+    a = (~hard & (rng.random((2, 3, 1500)) < 0.9)).astype(float)
+    b = (~hard & (rng.random((2, 3, 1500)) < 0.8)).astype(float)  # a is better by 5 points on average
+    d, lo, hi = paired_bootstrap(a, b)
+    assert 0 < lo < d < hi and lo < 5 < hi
+    same = paired_bootstrap(a, a.copy())
+    assert same == (0.0, 0.0, 0.0)
+    noise = paired_bootstrap(a[:, :, :100], np.roll(a, 1, axis=2)[:, :, :100])
+    assert noise[1] < 0 < noise[2]  # no real difference: the interval includes 0
+    _, lo_small, hi_small = paired_bootstrap(a[:1, :1, :300], b[:1, :1, :300])
+    assert hi_small - lo_small > hi - lo
+    with pytest.raises(ValueError, match="same shape|one shape"):
+        paired_bootstrap(a[0], b[0])
+
+
+def test_plan_distils_each_configuration_with_every_seed():
+    from dstrain.config import build_config
+    from dstrain.study.report import config_name
+    from dstrain.study.run import StudyConfig, plan
+
+    cfg = build_config(StudyConfig, {"out_dir": "/tmp/x", "distill_seeds": 3, "ablations": "no_kl,mlm_only"})
+    steps = {s.name: s for s in plan(cfg, Path("/tmp/x"))}
+    for name in ("student", "ablation_no_kl", "ablation_mlm_only"):
+        seeds = []
+        for d, sfx in enumerate(("", "_s1", "_s2")):
+            s = steps[name + sfx]
+            seeds.append(s.argv[s.argv.index("--seed") + 1])
+            assert config_name(name + sfx) == name
+            ft = steps[f"finetune_{name}{sfx}"].argv  # every model is fine-tuned with the same seeds
+            assert ft[ft.index("--seed") + 1] == "0" and ft[ft.index("--num_seeds") + 1] == str(cfg.finetune_seeds)
+        assert seeds == ["0", "1", "2"]
+    assert "teacher_s1" not in steps and config_name("teacher") == "teacher"
+    # the full study scores every validation passage of the three-genre task and distils with 2 seeds
+    full = build_config(StudyConfig, {"out_dir": "/tmp/x"})
+    assert full.finetune_eval_examples == 1570 and full.distill_seeds == 2 and full.finetune_seeds == 2
+
+
+def test_report_pools_distillation_seeds(quick_run, tmp_path):
+    """write_report on the quick run's files plus a copy standing in for a second distillation seed: the
+    configurations are pooled (4 runs each) and every ablation row gets an interval."""
+    from dstrain.config import build_config
+    from dstrain.study.report import write_report
+    from dstrain.study.run import StudyConfig, plan
+
+    run = tmp_path / "two_seeds"
+    shutil.copytree(quick_run[0], run, ignore=shutil.ignore_patterns("checkpoints", "model"))
+    cfg = build_config(StudyConfig, {"out_dir": str(run), "quick": True, "distill_seeds": 2})
+    steps = plan(cfg, run)
+    for s in steps:
+        if s.name.endswith("_s1"):
+            src = s.name.replace("_s1", "")
+            shutil.copytree(run / src, run / s.name) if not s.name.startswith("finetune_") else \
+                shutil.copytree(run / "finetune" / src.replace("finetune_", ""), run / "finetune" / s.name[9:])
+    write_report(run, cfg, steps, {})
+    report = (run / "REPORT.md").read_text()
+    ft = json.loads((run / "finetune" / "student" / "metrics.json").read_text())
+    seeds = [v["accuracy"] for v in ft["per_seed"].values()]
+    row = next(line for line in report.splitlines() if line.startswith("| distilled student"))
+    assert row.count("%, ") == 3  # 2 distillation seeds x 2 fine-tuning seeds
+    assert all(_pct(x) in row for x in seeds)
+    for line in [x for x in report.splitlines() if x.startswith("| without L_")]:
+        assert re.search(r"\| \[[+-][0-9.]+, [+-][0-9.]+\] \|", line), line
