@@ -366,7 +366,8 @@ def build_shards(**kwargs) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     from data_prep.corpus import ReadStats, documents, expand_inputs
 
-    inputs = [spec for kind, spec in expand_inputs(cfg.inputs) if kind != "hf"]  # missing files: fail before touching the output
+    # missing files fail here, before the output folder is touched; the paths are checked against the output
+    inputs = [spec for kind, spec in expand_inputs(cfg.inputs) if kind != "hf"]
     state, marker = _folder_state(out, cfg, inputs)
     if state == "same":
         m = json.loads((out / "manifest.json").read_text())

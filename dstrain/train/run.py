@@ -279,8 +279,9 @@ class Preemption:
             signal.signal(s, self._handler)
 
     def _handler(self, signum, frame):
+        if not self.flag:  # the first signal is the reason (after Ctrl-C the launcher adds a SIGTERM)
+            self.signum = signum
         self.flag = True
-        self.signum = signum
 
     def ignore(self) -> None:
         for s in self.SIGNALS:

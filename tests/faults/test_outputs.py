@@ -128,7 +128,7 @@ def test_two_concurrent_launches_into_one_out_dir(tmp_path, tiny_teacher_dir, ti
     args = distill_args(tiny_teacher_dir, tiny_shards_dir, out)
     a = Job(args, tmp_path / "a.log", ranks=1)
     lock = out / ".dstrain.lock"
-    a.wait_for(lambda: lock.is_file() and lock.read_text().strip() != "", "A's lock")
+    a.wait_for(lambda: lock.is_file() and lock.read_text().strip() != "", "A's lock", timeout=900)
     os.killpg(a.proc.pid, signal.SIGSTOP)
     try:
         before = _tree(out)
