@@ -47,10 +47,11 @@ def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device: 
     The teacher is never given to DeepSpeed: it stays a plain module, replicated on every rank, so no
     ZeRO stage partitions, hooks or gives optimizer state to it.
     """
-    from transformers import AutoModelForMaskedLM
+    from dstrain.families import check_model
 
+    auto_class = check_model(name_or_path, "--teacher").auto_class()  # issue #16: family dispatch
     try:
-        teacher = AutoModelForMaskedLM.from_pretrained(name_or_path, dtype=dtype)
+        teacher = auto_class.from_pretrained(name_or_path, dtype=dtype)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(
             f"--teacher {name_or_path}: cannot load a masked-LM from it ({str(e).splitlines()[0]}). Pass a folder "
@@ -166,6 +167,11 @@ def build_student(teacher: nn.Module | None, teacher_config: Any, student_layers
     """Student model (fp32, train mode) and the layer map used (None for random init)."""
     from transformers import AutoModelForMaskedLM
 
+    from dstrain.families import build_same_class_student, family_of
+
+    fam = family_of(teacher_config, "--teacher")  # issue #16: DistilBERT, ModernBERT, GPT-2 teachers
+    if fam.student_built_here:
+        return build_same_class_student(fam, teacher, teacher_config, student_layers, layer_map, init, seed)
     scfg = student_config_from_teacher(teacher_config, student_layers)
     n = scfg.n_layers if scfg.model_type == "distilbert" else scfg.num_hidden_layers
     torch.manual_seed(seed)  # random parts (and the random-init ablation) depend on --seed only
@@ -217,7 +223,9 @@ def split_base_and_head(model: nn.Module) -> tuple[nn.Module, Callable[[torch.Te
         return model.distilbert, lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
     if mt in ROBERTA_TYPES:
         return model.roberta, model.lm_head
-    return None
+    from dstrain.families import split_base_and_head as family_split  # issue #16: ModernBERT, GPT-2
+
+    return family_split(model)
 
 
 def mlm_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
