@@ -173,3 +173,22 @@ def ffn_size(config: Any) -> int:
     if getattr(config, "model_type", "") == "gpt2":
         return int(config.n_inner or 4 * config.n_embd)
     return int(config.intermediate_size)
+
+
+def check_shards_match(tcfg: Any, shards: Any, cfg: Any) -> Family:
+    """The teacher's family and the shards' layout agree: causal LMs train on blocks, masked LMs on sequences."""
+    from dstrain.data.causal import is_causal
+
+    fam = family_of(tcfg, "--teacher", getattr(cfg, "teacher", ""))
+    blocks = is_causal(shards)
+    if fam.causal and not blocks:
+        raise UserError(f"--teacher {cfg.teacher} is a causal LM ({fam.name}) but --data {cfg.data} holds masked-LM "
+                        f"sequences ([CLS] ... [SEP]); rebuild the shards with the teacher's tokenizer and "
+                        f"data_prep/build_shards.py --packing blocks")
+    if blocks and not fam.causal:
+        raise UserError(f"--teacher {cfg.teacher} is a masked LM ({fam.name}) but --data {cfg.data} holds causal-LM "
+                        f"blocks (--packing blocks); rebuild the shards with --packing sequences")
+    if fam.causal and getattr(cfg, "restrict_ce_to_mask", False):
+        raise UserError(f"--restrict_ce_to_mask true: nothing is masked for the causal LM --teacher {cfg.teacher}; "
+                        f"the KL term uses every position. Drop the flag")
+    return fam

@@ -147,3 +147,69 @@ def test_large_vocabulary_shards_are_int32(xlmr_shards_dir, xlmr_tokenizer_dir):
     assert tok.decode(ids[1:-1].tolist()).strip() != ""
     b = next(iter(build_loader(shards, micro_batch_size=4, rank=0, world_size=1, num_workers=0, seed=0, masker=None)))
     assert int(b["input_ids"].max()) > 65535 and b["input_ids"].dtype == torch.long
+
+
+def test_causal_shards_are_contiguous_blocks_with_the_tokenizers_eos(gpt2_shards_dir, gpt2_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from data_prep.corpus import documents
+    from dstrain.data import ShardSet
+    from tests.conftest import TINY_MAX_SEQ_LEN
+    from tests.families.conftest import PLAYS
+
+    tok = AutoTokenizer.from_pretrained(str(gpt2_tokenizer_dir))
+    m = json.loads((gpt2_shards_dir / "manifest.json").read_text())
+    assert m["packing"] == "blocks" and m["settings"]["packing"] == "auto"  # auto: eos and no mask token
+    t = m["tokenizer"]
+    assert t["eos_token_id"] == t["bos_token_id"] == t["pad_token_id"] == tok.eos_token_id
+    assert t["cls_token_id"] is None and t["mask_token_id"] is None
+    blocks = [ids for split in ("train", "val") for e in ShardSet.open(gpt2_shards_dir, split).shard_entries
+              for _k, ids in ShardSet.open(gpt2_shards_dir, split).read_shard(e)]
+    assert {len(b) for b in blocks} == {TINY_MAX_SEQ_LEN}  # fixed length: no padding anywhere
+    # every document is its pieces + one <|endoftext|> (bos == eos: not doubled); only the tail is dropped
+    docs = list(documents(PLAYS))
+    doc_tokens = sum(len(tok(d, add_special_tokens=False).input_ids) + 1 for d in docs)
+    tail = m["cleaning"]["dropped_tail_tokens"]
+    assert 0 <= tail < TINY_MAX_SEQ_LEN and len(blocks) * TINY_MAX_SEQ_LEN + tail == doc_tokens
+    eos = sum(int((b == tok.eos_token_id).sum()) for b in blocks)
+    assert len(docs) - 1 <= eos + 1 and eos <= len(docs)  # one separator per document (the tail may hold one)
+    spans = sum(1 for b in blocks if 0 < int(np.argmax(b == tok.eos_token_id)) < len(b) - 1)
+    assert spans > 0  # documents run across block boundaries: blocks are cut from one stream
+
+
+def test_clm_term_is_transformers_shifted_loss_and_kl_covers_every_position(gpt2_tokenizer_dir):
+    from dstrain.data.causal import NextTokenLabels, next_token_labels
+    from dstrain.losses import IGNORE_INDEX, clm_ce
+    from dstrain.models import StudentForDistill, build_student, mlm_forward
+    from dstrain.train.step import LossSettings, compute_losses
+
+    teacher = _teacher("gpt2", gpt2_tokenizer_dir)
+    ids = torch.randint(0, teacher.config.vocab_size, (3, 16), generator=torch.Generator().manual_seed(1))
+    same, labels = NextTokenLabels()(ids)
+    assert same is ids and (labels[:, :-1] == ids[:, 1:]).all() and (labels[:, -1] == IGNORE_INDEX).all()
+    am = torch.ones_like(ids)
+    am[2, 10:] = 0
+    padded = next_token_labels(ids, am)
+    assert (padded[2, 9:] == IGNORE_INDEX).all() and (padded[2, :9] == ids[2, 1:10]).all()
+    rows = labels != IGNORE_INDEX
+    with torch.no_grad():
+        _, logits = mlm_forward(teacher, ids, torch.ones_like(ids), rows)
+        want = teacher(input_ids=ids, labels=ids).loss  # transformers shifts inside the model
+    torch.testing.assert_close(clm_ce(logits, labels[rows]), want, rtol=1e-5, atol=1e-6)
+    # the trainer's step: KL/cosine over all 3 x 16 positions, CLM over the 3 x 15 that have a next token
+    student, _ = build_student(teacher, teacher.config, 4, "0,1,2,3", "teacher", seed=0)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    loss = LossSettings(alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0, lm_term="clm")
+    with torch.no_grad():
+        total, terms = compute_losses(StudentForDistill(student.eval()), teacher, batch, loss)
+    assert set(terms) == {"ce", "clm", "cos"} and float(terms["ce"]) < 1e-6 and float(terms["cos"]) < 1e-6
+    torch.testing.assert_close(terms["clm"], want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(total, 2.0 * want, rtol=1e-5, atol=1e-5)
+    half, _ = build_student(teacher, teacher.config, 2, "even", "teacher", seed=0)
+    with torch.no_grad():
+        _, t2 = compute_losses(StudentForDistill(half.eval()), teacher, batch, loss)
+        _, s_logits = mlm_forward(half, ids, torch.ones_like(ids), torch.ones_like(ids, dtype=torch.bool))
+        _, t_logits = mlm_forward(teacher, ids, torch.ones_like(ids), torch.ones_like(ids, dtype=torch.bool))
+    from dstrain.losses import kl_distill
+
+    torch.testing.assert_close(t2["ce"], kl_distill(s_logits, t_logits, 2.0))  # the last position counts too
