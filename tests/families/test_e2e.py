@@ -33,7 +33,8 @@ def family_run(request, tmp_path_factory):
     flags = dict(teacher=teacher, data=shards, out_dir=out, ds_config="ds_configs/cpu_zero2.json", max_steps=8,
                  micro_batch_size_per_gpu=4, grad_accum_steps=1, lr=3e-3, warmup_frac=0.25, log_every=1,
                  eval_every=0, eval_batches=2, save_every=0, keep_last=1, seed=7, progress="false")
-    proc = run_cli("distill", *[x for k, v in flags.items() for x in (f"--{k}", str(v))], ranks=2)
+    # a generous limit: on a shared 2-core machine the launch can wait minutes for DeepSpeed's JIT-built shm op
+    proc = run_cli("distill", *[x for k, v in flags.items() for x in (f"--{k}", str(v))], ranks=2, timeout=1200)
     from dstrain.benchmark.run import benchmark
 
     benchmark(models=f"{teacher},{out / 'student'}", out_dir=str(root / "bench"), seq_lens="32", batch_sizes="2",
