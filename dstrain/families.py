@@ -191,4 +191,8 @@ def check_shards_match(tcfg: Any, shards: Any, cfg: Any) -> Family:
     if fam.causal and getattr(cfg, "restrict_ce_to_mask", False):
         raise UserError(f"--restrict_ce_to_mask true: nothing is masked for the causal LM --teacher {cfg.teacher}; "
                         f"the KL term uses every position. Drop the flag")
+    lm = "alpha_clm" if fam.causal else "alpha_mlm"
+    if all(float(getattr(cfg, a, 0.0)) == 0.0 for a in ("alpha_ce", lm, "alpha_cos")):
+        raise UserError(f"--alpha_ce, --{lm} and --alpha_cos are all 0 for the {fam.name} --teacher {cfg.teacher} "
+                        f"(--{'alpha_mlm' if fam.causal else 'alpha_clm'} does not apply to it); set one of them > 0")
     return fam

@@ -121,7 +121,7 @@ class DistillConfig(TrainConfig):
         require(self.temperature > 0, "temperature", "must be > 0")
         for a in ("alpha_ce", "alpha_mlm", "alpha_clm", "alpha_cos"):
             require(getattr(self, a) >= 0, a, "must be >= 0")
-        require(self.alpha_ce + self.alpha_mlm + self.alpha_cos > 0, "alpha_ce",
+        require(self.alpha_ce + self.alpha_mlm + self.alpha_clm + self.alpha_cos > 0, "alpha_ce",
                 "every loss weight is 0; set at least one of --alpha_ce, --alpha_mlm, --alpha_cos > 0")
         require(self.student_init in ("teacher", "random"), "student_init", "must be teacher or random")
         require(self.student_layers >= 0, "student_layers", "must be >= 0 (0 = half the teacher)")

