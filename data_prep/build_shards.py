@@ -57,7 +57,7 @@ OURS = ("manifest.json", "token_counts.npy*", "tokenizer", ".dstrain-build", TMP
 # Settings that change the bytes of the output; a rerun with the same values is a no-op.
 OUTPUT_SETTINGS = ("inputs", "tokenizer", "max_seq_len", "samples_per_shard", "val_fraction", "seed", "min_seq_len",
                    "max_unk_fraction", "doc_mode", "text_field", "hf_config", "hf_split", "encoding_errors",
-                   "dtype", "max_documents")
+                   "dtype", "max_documents", "packing")
 
 
 @dataclasses.dataclass
@@ -80,6 +80,9 @@ class BuildShardsConfig:
     max_undecodable_frac: float = opt(0.01, "stop when more than this share of text lines is not UTF-8 (binary files)")
     dtype: str = opt("auto", "token dtype in shards: auto (uint16 if vocab <= 65535 else int32), uint16, int32")
     max_documents: int | None = opt(None, "use only the first N documents (quick builds)")
+    packing: str = opt("auto", "sequences ([CLS] doc [SEP], masked LMs), blocks (documents with the tokenizer's "
+                               "bos/eos packed into max_seq_len blocks, causal LMs: data_prep/causal.py) or auto "
+                               "(blocks when the tokenizer has an eos and no mask token)")
     docs_per_task: int = opt(64, "documents per tokenization task")
     shuffle_memory_samples: int = opt(1_000_000, "sequences held in memory at once while shuffling")
     overwrite: bool = opt(False, "replace a complete earlier build in --out_dir made with other settings")
@@ -103,6 +106,7 @@ class BuildShardsConfig:
         require(self.max_documents is None or self.max_documents >= 1, "max_documents", "must be >= 1")
         require(self.docs_per_task >= 1, "docs_per_task", "must be >= 1")
         require(self.shuffle_memory_samples >= 2, "shuffle_memory_samples", "must be >= 2")
+        require(self.packing in ("auto", "sequences", "blocks"), "packing", "must be auto, sequences or blocks")
 
 
 # ---------------------------------------------------------------- tokenization (runs in worker processes)
@@ -126,6 +130,10 @@ def tokenize_task(texts: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, i
     sequence is dropped when len < min_seq_len or n_unk / len >= max_unk_fraction (DistilBERT's cleaning).
     """
     w = _WORKER
+    if w.get("packing") == "blocks":  # issue #16: causal LMs, whole documents (packed in the main process)
+        from data_prep.causal import tokenize_documents
+
+        return tokenize_documents(w, texts)
     P = int(w["max_seq_len"]) - 2
     cls_id, sep_id, unk_id = int(w["cls_id"]), int(w["sep_id"]), int(w["unk_id"])
     counts = {"sequences": 0, "dropped_short": 0, "dropped_unk": 0, "split_documents": 0}
@@ -391,7 +399,10 @@ def build_shards(**kwargs) -> dict[str, Any]:
                       "data_prep/train_tokenizer.py")
     if not getattr(hf_tok, "is_fast", False):
         raise UserError(f"--tokenizer {cfg.tokenizer}: only fast (tokenizers-backed) tokenizers are supported")
-    tinfo = tokenizer_info(hf_tok, cfg.tokenizer)
+    from data_prep.causal import causal_tokenizer_info, resolve_packing  # causal LMs: blocks, not sequences
+
+    packing = resolve_packing(cfg.packing, hf_tok)
+    tinfo = causal_tokenizer_info(hf_tok, cfg.tokenizer) if packing == "blocks" else tokenizer_info(hf_tok, cfg.tokenizer)
     tinfo["vocab_fingerprint"] = vocab_fingerprint(hf_tok.get_vocab())  # ShardSet.open checks tokenizer/ against it
     dtype = choose_dtype(cfg.dtype, tinfo["vocab_size"], cfg.tokenizer)
 
@@ -421,7 +432,7 @@ def build_shards(**kwargs) -> dict[str, Any]:
                         if state == "crashed" else "replacing the earlier build (--overwrite true)")
             remove_owned(out, marker, OURS)
         try:
-            return _write_output(cfg, out, docs, stats, hf_tok, tinfo, dtype)
+            return _write_output(cfg, out, docs, stats, hf_tok, tinfo, dtype, packing)
         except UserError:
             # A bad input found mid-way (say line 10**6 of a JSONL file): leave no half-written folder behind.
             remove_owned(out, marker, OURS)
@@ -435,7 +446,7 @@ def build_shards(**kwargs) -> dict[str, Any]:
 
 
 def _write_output(cfg: BuildShardsConfig, out: Path, docs: Iterator[str], stats, hf_tok, tinfo: dict[str, Any],
-                  dtype: str) -> dict[str, Any]:
+                  dtype: str, packing: str = "sequences") -> dict[str, Any]:
     """Steps 1-4 of the module docstring, into `out` (checked and prepared by build_shards)."""
     from tqdm import tqdm
 
@@ -447,6 +458,11 @@ def _write_output(cfg: BuildShardsConfig, out: Path, docs: Iterator[str], stats,
     # 1. tokenize in task order into one temporary ragged file
     params = {"max_seq_len": cfg.max_seq_len, "min_seq_len": cfg.min_seq_len, "max_unk_fraction": cfg.max_unk_fraction,
               "cls_id": tinfo["cls_token_id"], "sep_id": tinfo["sep_token_id"], "unk_id": tinfo["unk_token_id"]}
+    # issue #16: causal LMs tokenize whole documents and pack them into blocks here, in corpus order
+    from data_prep.causal import BlockPacker
+
+    packer = BlockPacker(cfg.max_seq_len) if packing == "blocks" else None
+    params.update(packing=packing, bos_id=tinfo.get("bos_token_id"), eos_id=tinfo.get("eos_token_id"))
     tok_json = hf_tok.backend_tokenizer.to_str()
     cleaning = {"sequences": 0, "dropped_short": 0, "dropped_unk": 0, "split_documents": 0}
     writer = RaggedWriter(tmp / "tokens", np_dtype)
@@ -469,6 +485,8 @@ def _write_output(cfg: BuildShardsConfig, out: Path, docs: Iterator[str], stats,
             if len(lens) and int(tokens.max()) >= tinfo["vocab_size"]:
                 raise UserError(f"--tokenizer {cfg.tokenizer}: produced id {int(tokens.max())} >= its vocab size "
                                 f"{tinfo['vocab_size']}; the tokenizer files are inconsistent")
+            if packer is not None:
+                tokens, lens = packer.pack(tokens)
             writer.write(tokens, lens)
             total_tokens += len(tokens)
             for k, v in counts.items():
@@ -552,10 +570,11 @@ def _write_output(cfg: BuildShardsConfig, out: Path, docs: Iterator[str], stats,
     elapsed = time.time() - t0
     manifest = {
         "format": FORMAT, "complete": True, "tokenizer": tinfo, "max_seq_len": cfg.max_seq_len, "seed": cfg.seed,
-        "dtype": dtype, "samples_per_shard": cfg.samples_per_shard, "splits": splits,
+        "dtype": dtype, "samples_per_shard": cfg.samples_per_shard, "splits": splits, "packing": packing,
         "cleaning": {**cleaning, "kept": N, "documents": stats.documents, "empty_documents": stats.empty_documents,
                      "undecodable_lines": stats.undecodable_lines, "min_seq_len": cfg.min_seq_len,
-                     "max_unk_fraction": cfg.max_unk_fraction},
+                     "max_unk_fraction": cfg.max_unk_fraction,
+                     **({"dropped_tail_tokens": packer.dropped_tail_tokens} if packer else {})},
         "settings": {k: getattr(cfg, k) for k in OUTPUT_SETTINGS},
         "command": " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), *sys.argv]),
         "timing": {"tokenize_s": round(t_tok, 3), "tokenize_main_cpu_s": round(c_tok, 3), "total_s": round(elapsed, 3),

@@ -101,3 +101,17 @@ def mlm_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
     if labels.numel() == 0:
         return 0, 0
     return int((logits.argmax(-1) == labels).sum()), int(labels.numel())
+
+
+# ------------------------------------------------------------------ causal LM (issue #16, GPT-2)
+def clm_ce(student_logits: torch.Tensor, next_ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of a causal-LM student (the DistilGPT2 recipe's alpha_clm term).
+
+    student_logits: (N, V) at the N positions t that have a next token in their block; next_ids: (N,)
+    the token at t + 1 there (dstrain.data.causal.next_token_labels). Returns
+        L_clm = mean_n -log softmax(s_n)[next_n],   0 when N == 0,
+    transformers' `labels=input_ids` loss of a causal LM. KL and cosine use every position, the last
+    one included, so with a causal teacher the triple loss is
+        L = a_ce * L_ce(all positions) + a_clm * L_clm + a_cos * L_cos(all positions).
+    """
+    return mlm_ce(student_logits, next_ids)  # the same arithmetic; only which rows and targets differ

@@ -46,11 +46,13 @@ def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device: 
     The teacher is never given to DeepSpeed: it stays a plain module, replicated on every rank, so no
     ZeRO stage partitions, hooks or gives optimizer state to it.
     """
-    from transformers import AutoModelForMaskedLM
+    from dstrain.families import check_model
 
     from dstrain.hf_io import load_pretrained
 
-    teacher = load_pretrained(AutoModelForMaskedLM, name_or_path, "teacher", "a masked-LM", dtype=dtype)
+    fam = check_model(name_or_path, "--teacher")  # a supported family, or a UserError naming them
+    teacher = load_pretrained(fam.auto_class(), name_or_path, "teacher", "a causal LM" if fam.causal else "a masked-LM",
+                              dtype=dtype)
     teacher.to(device)
     teacher.eval()
     teacher.requires_grad_(False)
@@ -180,6 +182,11 @@ def build_student(teacher: nn.Module | None, teacher_config: Any, student_layers
     reference's default); dropout: the student's, None = the teacher's."""
     from transformers import AutoModelForMaskedLM
 
+    from dstrain.families import build_same_class_student, family_of
+
+    fam = family_of(teacher_config, "--teacher")  # DistilBERT, ModernBERT, GPT-2 teachers: dstrain/families.py
+    if fam.student_built_here:
+        return build_same_class_student(fam, teacher, teacher_config, student_layers, layer_map, init, seed)
     scfg = student_config_from_teacher(teacher_config, student_layers, dropout)
     n = scfg.n_layers if scfg.model_type == "distilbert" else scfg.num_hidden_layers
     torch.manual_seed(seed)  # random parts (and the random-init ablation) depend on --seed only
@@ -233,7 +240,9 @@ def split_base_and_head(model: nn.Module) -> tuple[nn.Module, Callable[[torch.Te
         return model.distilbert, lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
     if mt in ROBERTA_TYPES:
         return model.roberta, model.lm_head
-    return None
+    from dstrain.families import split_base_and_head as family_split  # issue #16: ModernBERT, GPT-2
+
+    return family_split(model)
 
 
 def mlm_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,

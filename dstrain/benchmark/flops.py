@@ -29,7 +29,9 @@ class EncoderShape:
         """Read the shape from a transformers config (BERT, RoBERTa, DistilBERT naming)."""
         if getattr(config, "model_type", "") == "distilbert":
             return cls(config.n_layers, config.dim, config.hidden_dim, config.vocab_size)
-        return cls(config.num_hidden_layers, config.hidden_size, config.intermediate_size, config.vocab_size)
+        from dstrain.families import ffn_size  # issue #16: GPT-2 names it n_inner
+
+        return cls(config.num_hidden_layers, config.hidden_size, ffn_size(config), config.vocab_size)
 
 
 def encoder_forward_flops(shape: EncoderShape, batch: int, seq_len: int, vocab_tokens: float = 0.0) -> float:

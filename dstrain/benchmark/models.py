@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dstrain.config import UserError
+from dstrain.families import family_of
 
 # name -> (model_type, config kwargs). Defaults of BertConfig / DistilBertConfig are BERT-base's.
 BUILTINS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -58,6 +59,7 @@ def resolve_spec(source: str) -> ModelSpec:
             cfg = AutoConfig.from_pretrained(str(path))
         except Exception as e:  # transformers raises several types for a bad config
             raise UserError(f"--models {source}: cannot read config.json ({e})") from None
+        family_of(cfg, "--models", source)  # issue #16: only the families dstrain distils
         tok = str(path) if any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")) \
             else None
         return ModelSpec(path.name or source, source, "folder", cfg, tok)
@@ -73,6 +75,7 @@ def resolve_spec(source: str) -> ModelSpec:
             cfg = AutoConfig.for_model(**d)
         except Exception as e:
             raise UserError(f"--models {source}: cannot build a config from it ({e})") from None
+        family_of(cfg, "--models", source)  # issue #16
         return ModelSpec(path.stem, source, "config", cfg, None)
     near = difflib.get_close_matches(source, list(BUILTINS), n=1, cutoff=0.5)
     hint = f" Did you mean {near[0]}?" if near else ""

@@ -28,12 +28,14 @@ MLM_PROBABILITY = 0.15  # of dstrain.train.throughput.synthetic_batch
 def _mlm_model(spec, seed: int):
     """The masked-LM version of a benchmark model spec (random weights unless it is a folder)."""
     import torch
-    from transformers import AutoModelForMaskedLM
 
+    from dstrain.families import family_of
+
+    auto = family_of(spec.config, "--models", spec.source).auto_class()  # issue #16: GPT-2 is a causal LM
     if spec.kind == "folder":
-        return AutoModelForMaskedLM.from_pretrained(spec.source, dtype=torch.float32)
+        return auto.from_pretrained(spec.source, dtype=torch.float32)
     torch.manual_seed(seed)
-    return AutoModelForMaskedLM.from_config(spec.config, dtype=torch.float32)
+    return auto.from_config(spec.config, dtype=torch.float32)
 
 
 def measure_train(cfg, specs, built, device: str, precisions: list[str]) -> list[dict[str, Any]]:

@@ -588,6 +588,11 @@ def finetune(**kwargs):
     _check_model_dir(cfg.model, "model")
     if cfg.teacher:
         _check_model_dir(cfg.teacher, "teacher")
+    from dstrain.families import check_model  # issue #16: unsupported families fail here, not in a traceback
+
+    check_model(cfg.model, "--model", causal=False)
+    if cfg.teacher:
+        check_model(cfg.teacher, "--teacher", causal=False)
     if cfg.tokenizer:
         _check_model_dir(cfg.tokenizer, "tokenizer", need_config=False)
     out = _prepare_out_dir(cfg)

@@ -130,6 +130,7 @@ class DistillConfig(TrainConfig):
                                       "number (the reference: 0.1). None: the --recipe's (dstrain: teacher)")
     alpha_ce: float = opt(5.0, "weight of the KL(teacher || student) term at temperature T")
     alpha_mlm: float = opt(2.0, "weight of the student's MLM cross-entropy")
+    alpha_clm: float = opt(2.0, "weight of the student's next-token cross-entropy (causal-LM teachers, e.g. GPT-2)")
     alpha_cos: float = opt(1.0, "weight of the cosine loss between last hidden states")
     temperature: float = opt(2.0, "softmax temperature T of the KL term (scaled by T^2)")
     restrict_ce_to_mask: bool = opt(False, "KL on the masked positions only (default: every non-pad token)")
@@ -138,9 +139,9 @@ class DistillConfig(TrainConfig):
         super().validate()
         require(bool(self.teacher), "teacher", "is required: a folder written by save_pretrained or a model name")
         require(self.temperature > 0, "temperature", "must be > 0")
-        for a in ("alpha_ce", "alpha_mlm", "alpha_cos"):
+        for a in ("alpha_ce", "alpha_mlm", "alpha_clm", "alpha_cos"):
             require(getattr(self, a) >= 0, a, "must be >= 0")
-        require(self.alpha_ce + self.alpha_mlm + self.alpha_cos > 0, "alpha_ce",
+        require(self.alpha_ce + self.alpha_mlm + self.alpha_clm + self.alpha_cos > 0, "alpha_ce",
                 "every loss weight is 0; set at least one of --alpha_ce, --alpha_mlm, --alpha_cos > 0")
         require(self.student_init in ("teacher", "random"), "student_init", "must be teacher or random")
         require(self.student_layers >= 0, "student_layers", "must be >= 0 (0 = half the teacher)")
@@ -429,7 +430,11 @@ class Trainer:
             student, self.layer_map = build_student(self.teacher, self.teacher.config, cfg.student_layers or None,
                                                     cfg.layer_map, cfg.student_init, cfg.seed,
                                                     cfg.copy_vocab_transform, parse_dropout(cfg.student_dropout))
-            self.loss = LossSettings(cfg.alpha_ce, cfg.alpha_mlm, cfg.alpha_cos, cfg.temperature, cfg.restrict_ce_to_mask)
+            from dstrain.families import check_shards_match  # masked or causal LM by the teacher's family
+
+            fam = check_shards_match(self.teacher.config, self.shards, cfg)
+            self.loss = LossSettings(cfg.alpha_ce, cfg.alpha_clm if fam.causal else cfg.alpha_mlm, cfg.alpha_cos,
+                                     cfg.temperature, cfg.restrict_ce_to_mask, lm_term=fam.lm_term)
             self.teacher_fp = teacher_fingerprint(self.teacher)
         else:
             require(cfg.max_position_embeddings >= self.shards.max_seq_len, "max_position_embeddings",
@@ -459,7 +464,7 @@ class Trainer:
     def setup(self) -> None:
         import deepspeed
 
-        from dstrain.data import MLMMasker, build_eval_loader, build_loader
+        from dstrain.data import build_eval_loader, build_loader
         from dstrain.models import StudentForDistill
         from dstrain.outputs import lock_out_dir
         from dstrain.runtime import init_distributed, setup_logging
@@ -472,12 +477,13 @@ class Trainer:
         self.device = dist.device
         self.resume_tag = self.ckpt.find_resume() if cfg.resume != "false" else None
 
-        masker = MLMMasker.for_shards(self.shards, mlm_probability=cfg.mlm_probability, smoothing=cfg.mlm_smoothing,
-                                      count=cfg.mask_count)
+        from dstrain.data.causal import batch_labeler  # next-token labels on causal-LM block shards, else masking
+
+        masker = batch_labeler(self.shards, cfg.mlm_probability, cfg.mlm_smoothing, count=cfg.mask_count)
         self.loader = build_loader(self.shards, micro_batch_size=self.micro, rank=dist.rank, world_size=dist.world_size,
                                    num_workers=cfg.num_workers, seed=cfg.seed, masker=masker)
         # uniform masking for evaluation: a fixed, comparable task across runs and steps
-        eval_masker = MLMMasker.for_shards(self.val_shards, mlm_probability=cfg.mlm_probability, smoothing=0.0)
+        eval_masker = batch_labeler(self.val_shards, cfg.mlm_probability, 0.0)
         self.eval_loader = build_eval_loader(self.val_shards, micro_batch_size=self.micro, rank=dist.rank,
                                              world_size=dist.world_size, seed=cfg.seed, masker=eval_masker)
 
@@ -677,7 +683,7 @@ class Trainer:
             for _ in range(self.accum):
                 b = _to_device(next(batches), self.device)
                 total, terms = micro_step(engine, self.teacher, b, self.loss, nan_injection=inject)
-                vals = torch.stack([total.float(), *[terms.get(k, total.new_zeros(())).float() for k in ("ce", "mlm", "cos")]])
+                vals = torch.stack([total.float(), *[terms.get(k, total.new_zeros(())).float() for k in self.loss.alphas]])
                 acc = vals if acc is None else acc + vals
                 ntok += int(b["attention_mask"].sum())
             step += 1
@@ -693,7 +699,7 @@ class Trainer:
             if dist.world_size > 1:
                 torch.distributed.all_reduce(red)
             red = red.tolist()
-            loss_terms = {k: red[i] / dist.world_size for i, k in enumerate(("total", "ce", "mlm", "cos"))}
+            loss_terms = {k: red[i] / dist.world_size for i, k in enumerate(("total", *self.loss.alphas))}
             step_tokens, nonfinite, stop_flag = red[4], red[5] > 0, red[6] > 0
             bad_shards = len(self.shards.bad_shards) + int(red[7])  # found at open: the same list on every rank
             bad_samples = int(red[8])
@@ -774,16 +780,17 @@ class Trainer:
         if writer:
             writer.close()
         if dist.is_main:
-            from transformers import AutoModelForMaskedLM
+            from dstrain.families import family_of  # issue #16: AutoModelForCausalLM for GPT-2
 
             sd = _export_state_dict(engine, self.ckpt.root, last_saved.name)
             bad = sorted(k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all())
             if bad:  # the checkpoint check should have stopped the run already; never export such weights
                 raise UserError(f"not exporting {self.out / 'student'}: {len(bad)} weight tensors of {last_saved} "
                                 f"hold NaN/inf ({', '.join(bad[:3])})")
-            model = AutoModelForMaskedLM.from_config(self.student_config)
+            model = family_of(self.student_config, "--teacher").auto_class().from_config(self.student_config)
             missing, unexpected = model.load_state_dict(sd, strict=False)
-            if unexpected or [k for k in missing if not k.endswith(("vocab_projector.weight", "decoder.weight"))]:
+            tied = ("vocab_projector.weight", "decoder.weight", "lm_head.weight")
+            if unexpected or [k for k in missing if not k.endswith(tied)]:
                 raise RuntimeError(f"export: missing {missing}, unexpected {unexpected}")
             model.tie_weights()
             save_hf_model(model, self.out / "student", self.shards.tokenizer_dir)

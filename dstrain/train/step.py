@@ -10,7 +10,7 @@ import dataclasses
 
 import torch
 
-from dstrain.losses import IGNORE_INDEX, cosine_hidden, distill_total, kl_distill, mlm_ce, select_positions
+from dstrain.losses import IGNORE_INDEX, clm_ce, cosine_hidden, distill_total, kl_distill, mlm_ce, select_positions
 from dstrain.models import mlm_forward
 
 
@@ -23,10 +23,11 @@ class LossSettings:
     alpha_cos: float = 1.0
     temperature: float = 2.0
     restrict_ce_to_mask: bool = False
+    lm_term: str = "mlm"  # issue #16: "clm" for causal teachers (labels = next token, alpha_mlm holds alpha_clm)
 
     @property
     def alphas(self) -> dict[str, float]:
-        return {"ce": self.alpha_ce, "mlm": self.alpha_mlm, "cos": self.alpha_cos}
+        return {"ce": self.alpha_ce, self.lm_term: self.alpha_mlm, "cos": self.alpha_cos}
 
     @property
     def needs_teacher(self) -> bool:
@@ -61,7 +62,7 @@ def compute_losses(engine, teacher, batch: dict[str, torch.Tensor], loss: LossSe
     all_sel, all_mlm = bool(in_sel.all()), bool(in_mlm.all())
     terms: dict[str, torch.Tensor] = {}
     s_mlm = s_logits if all_mlm else s_logits[in_mlm]
-    terms["mlm"] = mlm_ce(s_mlm, labels[mlm_rows])
+    terms[loss.lm_term] = (clm_ce if loss.lm_term == "clm" else mlm_ce)(s_mlm, labels[mlm_rows])
     if loss.needs_teacher:
         s_sel = s_logits if all_sel else s_logits[in_sel]
         t_sel = t_logits if all_sel else t_logits[in_sel]

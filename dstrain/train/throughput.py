@@ -45,7 +45,9 @@ def peak_flops(device: Any, precision: str) -> float | None:
 def _dims(cfg: Any) -> tuple[int, int, int, int]:
     if cfg.model_type == "distilbert":
         return cfg.n_layers, cfg.dim, cfg.hidden_dim, cfg.vocab_size
-    return cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    from dstrain.families import ffn_size  # issue #16: GPT-2 names it n_inner
+
+    return cfg.num_hidden_layers, cfg.hidden_size, ffn_size(cfg), cfg.vocab_size
 
 
 def forward_flops_per_token(cfg: Any, seq_len: int) -> float:
