@@ -36,7 +36,7 @@ def unsupported(tmp_path_factory, tiny_tokenizer_dir):
 def test_unsupported_family_is_a_user_error_at_every_entry(unsupported, tiny_shards_dir, tmp_path):
     from dstrain.benchmark.models import resolve_spec
     from dstrain.finetune.run import finetune
-    from dstrain.models import init_student
+    from dstrain.init_student import init_student
     from dstrain.train.run import distill
 
     electra, llama = str(unsupported / "electra"), str(unsupported / "llama")

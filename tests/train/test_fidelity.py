@@ -232,7 +232,7 @@ def test_distill_with_the_reference_recipe(tmp_path, tiny_teacher_dir, tiny_shar
 def test_init_student_takes_the_recipe(tmp_path):
     """`init_student --recipe reference` writes the student extract_distilbert.py would: map [0, 2, 4, 7, 9, 11]
     (here 4 -> 2: [0, 3]), random head transform, dropout 0.1; an explicit flag still wins."""
-    from dstrain.models import init_student
+    from dstrain.init_student import init_student
 
     t = _bert(4)
     t.save_pretrained(tmp_path / "teacher")
