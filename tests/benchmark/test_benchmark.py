@@ -126,7 +126,7 @@ def test_train_mode_tokens_per_s_and_flops(tmp_path):
     res = json.loads((out / "benchmark.json").read_text())
     (row,) = res["train"]
     assert row["teacher"] == "t" and row["student"] == "s" and row["precision"] == "fp32"
-    from dstrain.benchmark.flops import EncoderShape, distill_step_flops
+    from dstrain.flops import EncoderShape, distill_step_flops
 
     shape = lambda L: EncoderShape(L, 32, 128, 1000)  # noqa: E731
     assert row["flops_per_step"] == distill_step_flops(shape(2), shape(1), 4, 32, 4 * 32, 4 * 32)
