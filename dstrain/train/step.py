@@ -112,7 +112,7 @@ def micro_step(engine, teacher, batch, loss: LossSettings, nan_injection: bool =
     return total.detach(), {k: v.detach() for k, v in terms.items()}
 
 
-def compile_encoders(*models: torch.nn.Module | None, fullgraph: bool = False) -> None:
+def compile_encoders(*models: torch.nn.Module | None, fullgraph: bool = False, backend: str = "inductor") -> None:
     """torch.compile each model's encoder in place (`nn.Module.compile`: parameter names, state dicts
     and checkpoints are unchanged). The heads and the fused loss stay eager: they are matmuls and a
     chunk loop. Shapes vary with the batch's padded length, so dynamo marks them dynamic after the
@@ -121,7 +121,7 @@ def compile_encoders(*models: torch.nn.Module | None, fullgraph: bool = False) -
         if m is None:
             continue
         parts = mlm_parts(m)
-        (parts.base if parts is not None else m).compile(fullgraph=fullgraph)
+        (parts.base if parts is not None else m).compile(fullgraph=fullgraph, backend=backend)
 
 
 def resolve_compile(setting: str, device_type: str, zero_stage: int) -> bool:
