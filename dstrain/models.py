@@ -237,14 +237,6 @@ def mlm_parts(model: nn.Module) -> MLMParts | None:
     return None
 
 
-def split_base_and_head(model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None:
-    """(encoder returning last_hidden_state, head mapping (N, H) -> (N, V)), or None if unknown."""
-    parts = mlm_parts(model)
-    if parts is None:
-        return None
-    return parts.base, lambda h: parts.projector(parts.transform(h))
-
-
 def encoder_mask(model: nn.Module, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """The attention mask to hand the encoder, built without a host sync.
 

@@ -46,13 +46,14 @@ def _sync(device) -> None:
 
 def measure_train_throughput(teacher: torch.nn.Module | None, student: torch.nn.Module, *, micro_batch: int,
                              seq_len: int, steps: int = 10, warmup_steps: int = 3, ds_config: dict | None = None,
-                             precision: str = "fp32", loss: Any = None, seed: int = 0, compile: bool = False
+                             precision: str = "fp32", loss: Any = None, seed: int = 0, compile: bool | str = False
                              ) -> dict[str, Any]:
     """Time `steps` optimizer steps of the real trainer step (DeepSpeed engine, grad_accum 1).
 
     `student` is a fresh transformers masked-LM (it is wrapped and handed to DeepSpeed); `teacher`
     a frozen module already on the device in its dtype, or None (MLM only); `compile`: torch.compile
-    both encoders first (undone afterwards, so the teacher can be reused). Returns tokens_per_s,
+    both encoders first (True: inductor, or a backend's name; undone afterwards, so the teacher can be
+    reused). Returns tokens_per_s,
     samples_per_s, step_s, flops_per_step, mfu (None off-GPU), peak_mem_gb (None off-GPU).
     """
     import deepspeed
@@ -72,7 +73,7 @@ def measure_train_throughput(teacher: torch.nn.Module | None, student: torch.nn.
     opt = torch.optim.AdamW(student.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6,
                             fused=dist.device.type == "cuda")
     if compile:
-        compile_encoders(teacher, student)
+        compile_encoders(teacher, student, backend=compile if isinstance(compile, str) else "inductor")
     engine, _, _, _ = deepspeed.initialize(model=StudentForDistill(student), optimizer=opt, config=cfg)
     g = torch.Generator().manual_seed(seed)
     vocab = student.config.vocab_size
@@ -96,7 +97,7 @@ def measure_train_throughput(teacher: torch.nn.Module | None, student: torch.nn.
     flops_step = sum(fl.micro_step(batches[i % 4]) for i in range(steps)) / steps
     peak = peak_flops(dist.device, precision)
     return {
-        "precision": precision, "micro_batch": micro_batch, "seq_len": seq_len, "steps": steps, "compiled": compile,
+        "precision": precision, "micro_batch": micro_batch, "seq_len": seq_len, "steps": steps, "compiled": bool(compile),
         "step_s": dt / steps, "tokens_per_s": tokens / dt, "samples_per_s": steps * micro_batch / dt,
         "flops_per_step": flops_step, "mfu": (flops_step * steps / dt / peak) if peak else None,
         "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if dist.device.type == "cuda" else None,
@@ -105,7 +106,7 @@ def measure_train_throughput(teacher: torch.nn.Module | None, student: torch.nn.
 
 def measure_bare_torch(teacher: torch.nn.Module | None, student: torch.nn.Module, *, micro_batch: int, seq_len: int,
                        steps: int = 10, warmup_steps: int = 3, loss: Any = None, seed: int = 0,
-                       device: Any = "cpu", autocast_dtype: torch.dtype | None = None, compile: bool = False
+                       device: Any = "cpu", autocast_dtype: torch.dtype | None = None, compile: bool | str = False
                        ) -> dict[str, Any]:
     """The same work without DeepSpeed: teacher forward, student forward/backward, clip, AdamW step."""
     from dstrain.models import StudentForDistill
@@ -127,7 +128,7 @@ def measure_bare_torch(teacher: torch.nn.Module | None, student: torch.nn.Module
         opt.zero_grad(set_to_none=True)
 
     if compile:
-        compile_encoders(teacher, student)
+        compile_encoders(teacher, student, backend=compile if isinstance(compile, str) else "inductor")
     try:
         for i in range(warmup_steps):
             one(batches[i % 4])
@@ -143,5 +144,5 @@ def measure_bare_torch(teacher: torch.nn.Module | None, student: torch.nn.Module
         uncompile_encoders(teacher, student)
     tokens = steps * micro_batch * seq_len
     return {"step_s": dt / steps, "tokens_per_s": tokens / dt, "samples_per_s": steps * micro_batch / dt,
-            "compiled": compile,
+            "compiled": bool(compile),
             "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
