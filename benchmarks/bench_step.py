@@ -21,25 +21,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
 
 def build(size: str, device, dtype):
-    from transformers import BertConfig, BertForMaskedLM
+    from bench_trainer import _models  # the same teacher/student sizes as the trainer benchmark
 
-    from dstrain.models import StudentForDistill, build_student
+    from dstrain.models import StudentForDistill
 
-    if size == "base":
-        cfg = BertConfig(vocab_size=30522, max_position_embeddings=512)
-    else:  # CPU-sized: 4 x 256, vocab 8000 (the student: 2 layers)
-        cfg = BertConfig(vocab_size=8000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                         intermediate_size=1024, max_position_embeddings=512)
-    torch.manual_seed(0)
-    teacher = BertForMaskedLM(cfg)
-    student, _ = build_student(teacher, cfg, None, "even", "teacher", 0)
-    teacher = teacher.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return teacher, StudentForDistill(student).to(device=device, dtype=dtype).train(), cfg
+    teacher, student = _models(size, device, dtype)
+    return teacher, StudentForDistill(student).to(device=device, dtype=dtype).train(), teacher.config
 
 
 def batch(vocab: int, b: int, s: int, device):
