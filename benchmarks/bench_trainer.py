@@ -9,7 +9,7 @@ Both sides run `dstrain.train.step.compute_losses` on the same synthetic batches
 no_grad, student forward, the triple loss, backward, gradient clipping at 5.0, an AdamW step. The trainer
 side goes through `dstrain.train.throughput.measure_train_throughput` (a DeepSpeed engine, ZeRO-2,
 exactly the `distill` step); the bare side is plain PyTorch (`measure_bare_torch`, autocast for fp16/bf16).
-On GPU it also reports MFU (FLOP formula in dstrain/train/throughput.py), peak memory and the largest
+On GPU it also reports MFU (FLOPs from dstrain/flops.py), peak memory and the largest
 micro-batch that fits (doubling until out of memory). Prints one JSON line per measurement and a table.
 """
 

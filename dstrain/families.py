@@ -9,7 +9,7 @@ A family says
 - where its stacked blocks live in the state dict (`layers_prefix`), so a student keeps the teacher's
   class with fewer blocks and copies the mapped ones (`build_same_class_student`),
 - its encoder/decoder (returns the last hidden state) and LM head, so the trainer runs the vocabulary
-  projection on selected rows only (`split_base_and_head`),
+  projection on selected rows only (`dstrain.models.mlm_parts`),
 - whether batches are masked (MLM: the masked positions carry labels) or causal (every position is
   labelled with the next token: `dstrain.data.causal`); the loss is the same triple loss with the LM
   cross-entropy named `mlm` or `clm`.
@@ -43,7 +43,9 @@ class Family:
     causal: bool  # next-token LM (no masking) instead of masked LM
     base_attr: str  # attribute of the *LM model holding the body that returns last_hidden_state
     layers_prefix: str  # state-dict prefix of block i is f"{layers_prefix}{i}."
-    head: Callable[["nn.Module"], Callable[["torch.Tensor"], "torch.Tensor"]]  # LM model -> (N, H) -> (N, V)
+    # LM model -> (transform, projector): logits = projector(transform(last_hidden_state)), projector an
+    # nn.Linear (V, H) tied to the word embeddings; the fused loss takes transform's output and the projector's weights
+    head: Callable[["nn.Module"], tuple[Callable[["torch.Tensor"], "torch.Tensor"], "nn.Linear"]]
     student_built_here: bool = True  # False: dstrain.models builds it (BERT -> DistilBERT, RoBERTa)
 
     @property
@@ -57,17 +59,29 @@ class Family:
         return AutoModelForCausalLM if self.causal else AutoModelForMaskedLM
 
 
+def _bert_head(m: nn.Module):
+    return m.cls.predictions.transform, m.cls.predictions.decoder
+
+
+def _roberta_head(m: nn.Module):
+    from torch.nn.functional import gelu
+
+    head = m.lm_head
+    return (lambda h: head.layer_norm(gelu(head.dense(h)))), head.decoder
+
+
 def _distilbert_head(m: nn.Module):
-    return lambda h: m.vocab_projector(m.vocab_layer_norm(m.activation(m.vocab_transform(h))))
+    return (lambda h: m.vocab_layer_norm(m.activation(m.vocab_transform(h)))), m.vocab_projector
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("BERT", ("bert",), False, "bert", "bert.encoder.layer.", lambda m: m.cls, student_built_here=False),
+    Family("BERT", ("bert",), False, "bert", "bert.encoder.layer.", _bert_head, student_built_here=False),
     Family("RoBERTa / XLM-RoBERTa / CamemBERT", ("roberta", "xlm-roberta", "camembert"), False, "roberta",
-           "roberta.encoder.layer.", lambda m: m.lm_head, student_built_here=False),
+           "roberta.encoder.layer.", _roberta_head, student_built_here=False),
     Family("DistilBERT", ("distilbert",), False, "distilbert", "distilbert.transformer.layer.", _distilbert_head),
-    Family("ModernBERT", ("modernbert",), False, "model", "model.layers.", lambda m: (lambda h: m.decoder(m.head(h)))),
-    Family("GPT-2", ("gpt2",), True, "transformer", "transformer.h.", lambda m: m.lm_head),
+    Family("ModernBERT", ("modernbert",), False, "model", "model.layers.", lambda m: (m.head, m.decoder)),
+    # GPT-2's final LayerNorm is inside `transformer`: the head is the projection alone
+    Family("GPT-2", ("gpt2",), True, "transformer", "transformer.h.", lambda m: ((lambda h: h), m.lm_head)),
 )
 BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 
@@ -105,14 +119,6 @@ def check_model(name_or_path: str, flag: str, causal: bool | None = None) -> Fam
             f"save_pretrained (config.json + weights) or a model name already in the Hugging Face cache "
             f"(HF_HUB_OFFLINE is {os.environ.get('HF_HUB_OFFLINE', 'unset')}).") from None
     return family_of(cfg, flag, str(name_or_path), causal)
-
-
-def split_base_and_head(model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None:
-    """(body returning last_hidden_state, head mapping (N, H) -> (N, V)), or None for an unknown type."""
-    fam = BY_TYPE.get(getattr(model.config, "model_type", None))
-    if fam is None:
-        return None
-    return getattr(model, fam.base_attr), fam.head(model)
 
 
 # ----------------------------------------------------------------------------------------- students

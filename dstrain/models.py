@@ -20,6 +20,7 @@ teacher's logits (tests/train/test_models.py checks this).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -231,47 +232,136 @@ def build_bert(vocab_size: int, pad_token_id: int, num_layers: int, hidden_size:
 
 
 # ------------------------------------------------------------------- heads on selected rows only
-def split_base_and_head(model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None:
-    """(encoder returning last_hidden_state, head mapping (N, H) -> (N, V)), or None if unknown."""
-    mt = model.config.model_type
-    if mt == "bert":
-        return model.bert, model.cls
-    if mt == "distilbert":
-        return model.distilbert, lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
-    if mt in ROBERTA_TYPES:
-        return model.roberta, model.lm_head
-    from dstrain.families import split_base_and_head as family_split  # issue #16: ModernBERT, GPT-2
+@dataclasses.dataclass(frozen=True)
+class MLMParts:
+    """A masked-LM cut where the distillation step needs it: encoder, head transform, vocabulary projector.
 
-    return family_split(model)
+    logits = projector(transform(base(ids).last_hidden_state)); `projector` is an nn.Linear (V, H)
+    whose weight is tied to the word embeddings. The fused loss takes transform's output and the
+    projector's weight and bias, so the (N, V) logits are never built.
+    """
+
+    base: nn.Module
+    transform: Callable[[torch.Tensor], torch.Tensor]
+    projector: nn.Linear
+
+
+def mlm_parts(model: nn.Module) -> MLMParts | None:
+    """MLMParts of a supported masked-LM or causal-LM (dstrain/families.py), or None for another architecture."""
+    from dstrain.families import BY_TYPE
+
+    fam = BY_TYPE.get(getattr(model.config, "model_type", None))
+    if fam is None:
+        return None
+    transform, projector = fam.head(model)
+    return MLMParts(getattr(model, fam.base_attr), transform, projector)
+
+
+def encoder_mask(model: nn.Module, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The attention mask to hand the encoder, built without a host sync.
+
+    attention_mask: (B, L) 1 = token, 0 = padding, or None when the batch has no padding (the collate
+    function knows): then no mask is passed, so SDPA may take its flash kernel. Otherwise a prepared
+    (B, 1, 1, L) mask, which transformers' `create_bidirectional_mask` returns as-is: given the 2-D
+    mask it would test `padding_mask.all()` on the host in every forward. SDPA takes a boolean mask
+    (True = attend); eager attention adds a float mask (0 or the dtype's minimum).
+    """
+    if attention_mask is None:
+        return None
+    m = attention_mask[:, None, None, :].bool()
+    if getattr(model.config, "_attn_implementation", "eager") == "sdpa":
+        return m
+    dt = model.get_input_embeddings().weight.dtype
+    return torch.zeros(m.shape, dtype=dt, device=m.device).masked_fill_(~m, torch.finfo(dt).min)
 
 
 def mlm_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Last hidden states and MLM logits at the selected rows only.
+    """Last hidden states and MLM logits at the selected rows only (evaluation; training uses the fused loss).
 
-    input_ids, attention_mask: (B, L); rows: (B, L) bool. Returns hidden (N, H) and logits (N, V),
-    N = rows.sum(). The vocabulary projection, the largest tensor of the step, is applied to the N
-    rows only instead of all B*L positions.
+    input_ids, attention_mask: (B, L); rows: (B, L) bool, or (N,) long flat indices into B*L.
+    Returns hidden (N, H) and logits (N, V). The vocabulary projection, the largest tensor of the
+    step, is applied to the N rows only instead of all B*L positions.
     """
-    parts = split_base_and_head(model)
+    parts = mlm_parts(model)
     if parts is None:  # unknown architecture: full forward, then select
         out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        return out.hidden_states[-1][rows], out.logits[rows]
-    base, head = parts
-    hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
-    h = hidden[rows]  # (N, H)
-    return h, head(h)
+        h, logits = out.hidden_states[-1], out.logits
+        if rows.dtype == torch.bool:
+            return h[rows], logits[rows]
+        return h.flatten(0, 1).index_select(0, rows), logits.flatten(0, 1).index_select(0, rows)
+    hidden = parts.base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
+    h = hidden[rows] if rows.dtype == torch.bool else hidden.flatten(0, 1).index_select(0, rows)  # (N, H)
+    return h, parts.projector(parts.transform(h))
+
+
+@dataclasses.dataclass
+class DistillRows:
+    """What the student's forward needs besides its input ids to compute the loss (see dstrain/train/step.py).
+
+    proj_index: (R,) flat indices into B*L of the rows projected onto the vocabulary (KL and MLM);
+    proj_labels: (R,) the MLM target there or IGNORE_INDEX; n_mlm: how many are targets (host int);
+    cos_index: (N,) flat indices of the cosine rows (every non-pad token) or None; t_cos: (N, H)
+    the teacher's last hidden states there; t_head: (R, H) the teacher's rows at its projector's
+    input, with t_weight (V, H) and t_bias (V,) (None without a KL term).
+    """
+
+    proj_index: torch.Tensor
+    proj_labels: torch.Tensor
+    n_mlm: int
+    cos_index: torch.Tensor | None = None
+    t_cos: torch.Tensor | None = None
+    t_head: torch.Tensor | None = None
+    t_weight: torch.Tensor | None = None
+    t_bias: torch.Tensor | None = None
 
 
 class StudentForDistill(nn.Module):
-    """What DeepSpeed wraps: the student plus the row selection, so ZeRO-3's hooks see every call."""
+    """What DeepSpeed wraps: the student plus the row selection and the fused loss, so ZeRO-3's hooks see
+    every use of the student's weights (its projector, tied to the word embeddings, is used here
+    outside the projector's own forward, hence registered as an external parameter)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        parts = mlm_parts(model)
+        if parts is not None:
+            try:
+                from deepspeed.runtime.zero.partition_parameters import register_external_parameter
+            except ImportError:  # pragma: no cover - DeepSpeed is a requirement; plain use needs no hooks
+                register_external_parameter = None
+            if register_external_parameter is not None:
+                for p in (parts.projector.weight, parts.projector.bias):
+                    if p is not None:
+                        register_external_parameter(self, p)
 
-    def forward(self, input_ids, attention_mask, rows):
-        return mlm_forward(self.model, input_ids, attention_mask, rows)
+    def forward(self, input_ids, attention_mask, rows=None, distill: DistillRows | None = None, loss=None):
+        """(ids, mask, rows) -> (hidden, logits) at rows (evaluation). With `distill` and `loss` (a
+        LossSettings) -> (total, {"ce", "mlm", "cos"}) of one micro-batch by the fused vocabulary loss;
+        attention_mask is then (B, L) or None for a batch without padding."""
+        if distill is None:
+            return mlm_forward(self.model, input_ids, attention_mask, rows)
+        from dstrain.losses import cosine_hidden, fused_vocab_loss
+
+        parts = mlm_parts(self.model)
+        mask = encoder_mask(self.model, attention_mask)  # attention_mask None: a batch without padding
+        hidden = parts.base(input_ids=input_ids, attention_mask=mask).last_hidden_state.flatten(0, 1)  # (B*L, H)
+        d = distill
+        h_head = parts.transform(hidden.index_select(0, d.proj_index))  # (R, H)
+        vocab, kl, mlm = fused_vocab_loss(
+            h_head, parts.projector.weight, parts.projector.bias, d.proj_labels, d.n_mlm, h_t=d.t_head,
+            w_t=d.t_weight, b_t=d.t_bias, temperature=loss.temperature, alpha_ce=loss.alpha_ce if d.t_head is not None else 0.0,
+            alpha_mlm=loss.alpha_mlm)
+        terms = {"mlm": mlm}
+        total = vocab
+        if d.t_head is not None or d.t_cos is not None:
+            terms["ce"] = kl
+            if d.t_cos is not None:
+                terms["cos"] = cosine_hidden(hidden.index_select(0, d.cos_index), d.t_cos)
+                total = total + loss.alpha_cos * terms["cos"]
+            else:
+                terms["cos"] = kl.new_zeros(())
+        return total, terms
 
 
 # ----------------------------------------------------------------------------------------- saving

@@ -259,11 +259,15 @@ def resolve_ds_config(
     device_type: str = "cpu",
     gradient_clipping: float | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """Final DeepSpeed dict: our batch fields, the precision this device can run, clipping.
+    """Final DeepSpeed dict: our batch fields, the precision this device can run, clipping, and the engine
+    settings that cost time for nothing.
 
     `precision` is "config" (use the file's fp16/bf16 section), "fp16", "bf16" or "fp32". fp16 on a
     CPU becomes bf16 (DeepSpeed's CPU accelerator has no fp16 loss scaler), with a note in the log.
-    Returns (config, precision actually used).
+    Unless the file says otherwise: DeepSpeed's throughput timer is off (`timers.throughput.enabled`:
+    without training data handed to the engine it synchronises the device every step, and dstrain
+    logs its own tokens/s), and in a world of one ZeRO's `overlap_comm` is off (nothing to overlap;
+    it only adds a stream synchronisation after backward). Returns (config, precision actually used).
     """
     import torch
 
@@ -281,6 +285,11 @@ def resolve_ds_config(
     cfg["gradient_accumulation_steps"] = grad_accum_steps
     if gradient_clipping is not None:
         cfg["gradient_clipping"] = gradient_clipping
+    cfg.setdefault("timers", {"throughput": {"enabled": False}})
+    zero = cfg.get("zero_optimization")
+    world = global_batch_size // max(1, micro_batch_size_per_gpu * grad_accum_steps)
+    if world == 1 and isinstance(zero, dict) and zero.get("overlap_comm"):
+        cfg["zero_optimization"] = {**zero, "overlap_comm": False}
 
     if precision == "config":
         fp16 = bool(cfg.get("fp16", {}).get("enabled", False))

@@ -61,6 +61,7 @@ class BenchmarkConfig:
     vocab_positions: str = opt("all", help="--mode train: where MLM logits are computed, all | masked "
                                           "(counted in the FLOPs as configured)")
     peak_tflops: float = opt(0.0, help="--mode train: peak TFLOP/s for MFU (0: from the GPU's name; none on CPU)")
+    compile: str = opt("both", help="--mode train: encoders eager, compiled (torch.compile) or both side by side")
 
     def validate(self) -> None:
         require(bool(self.out_dir), "out_dir", "required: the folder for benchmark.json and benchmark.png")
@@ -82,6 +83,7 @@ class BenchmarkConfig:
         require(self.steps >= 1, "steps", "must be >= 1")
         require(self.vocab_positions in ("all", "masked"), "vocab_positions", "must be all or masked")
         require(self.peak_tflops >= 0, "peak_tflops", "must be >= 0")
+        require(self.compile in ("both", "eager", "compiled"), "compile", "must be both, eager or compiled")
         require(self.mode != "train" or "int8" not in self.precisions, "precisions",
                 "int8 is an inference-only precision; --mode train takes fp32, fp16 (GPU) or bf16")
         require(self.mode != "train" or len(self.models) >= 2, "models",

@@ -6,8 +6,8 @@
                           num_workers=2, seed=42, masker=masker)
     for epoch in range(start_epoch, epochs):
         loader.set_epoch(epoch)
-        for batch in loader:          # {"input_ids", "attention_mask", "labels"}: (B, L) long each
-            ...
+        for batch in loader:          # {"input_ids", "attention_mask", "labels"}: (B, L) long each, and the
+            ...                       # rows of each loss term: tok_index, mlm_index, mlm_labels, padded (row_index)
         sd = loader.state_dict()      # save with the checkpoint; load_state_dict(sd) resumes after the last batch
 
 How an epoch is laid out (all of it computed from the manifest, identically on every rank, with no
@@ -48,6 +48,20 @@ def _seed_int(*parts: int) -> int:
 
 def _rng(*parts: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]))
+
+
+def row_index(attention_mask: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """The rows each loss term uses, found on the host while the batch is built (the step then needs no sync).
+
+    attention_mask, labels: (B, L) CPU tensors. Returns tok_index (N,) and mlm_index (M,), flat indices
+    into B*L of the non-pad and the masked tokens, mlm_labels (M,) the original ids there, and padded:
+    whether any position is padding (without padding the encoders run with no attention mask).
+    """
+    am = attention_mask.reshape(-1)
+    lab = labels.reshape(-1)
+    tok = torch.nonzero(am).flatten()
+    mlm = torch.nonzero(lab != IGNORE_INDEX).flatten()
+    return {"tok_index": tok, "mlm_index": mlm, "mlm_labels": lab[mlm], "padded": bool(tok.numel() != am.numel())}
 
 
 def pad_batch(seqs: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,8 +233,12 @@ class _EpochStream(torch.utils.data.IterableDataset):
             input_ids, labels = L.masker(input_ids, gen)
         else:
             labels = torch.full_like(input_ids, IGNORE_INDEX)
-        # One (3, B, L) tensor crosses the process boundary instead of three: per-tensor IPC cost dominates.
+        r = row_index(attention_mask, labels)
+        # One (3, B, L) tensor and one of indices cross the process boundary instead of six: per-tensor IPC
+        # cost dominates.
         return {"packed": torch.stack([input_ids, attention_mask, labels]),
+                "rows": torch.cat([r["tok_index"], r["mlm_index"], r["mlm_labels"]]),
+                "_n": (int(r["tok_index"].numel()), int(r["mlm_index"].numel())), "_padded": r["padded"],
                 "_index": j, "_stats": dict(stats, bad_shards=list(stats["bad_shards"]))}
 
 
@@ -249,7 +267,7 @@ class ShardLoader:
     def __init__(self, shards: ShardSet, *, micro_batch_size: int, rank: int, world_size: int, num_workers: int,
                  seed: int, masker: MLMMasker | None, shuffle: bool = True, group_by_length: bool = True,
                  drop_last: bool = True, shuffle_buffer: int = 2000, group_batches: int = 50,
-                 prefetch_factor: int = 4):
+                 prefetch_factor: int = 4, pin_memory: bool = False):
         if micro_batch_size < 1:
             raise UserError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
         if not 0 <= rank < world_size:
@@ -266,6 +284,7 @@ class ShardLoader:
         self.shuffle, self.group_by_length, self.drop_last = shuffle, group_by_length, drop_last
         self.shuffle_buffer, self.group_batches = int(shuffle_buffer), int(group_batches)
         self.prefetch_factor = prefetch_factor
+        self.pin_memory = bool(pin_memory)  # CUDA: page-locked batches, so .to(device, non_blocking=True) is async
         self.pad_id = int(shards.tokenizer_info["pad_token_id"])
         self.epoch = 0
         self.batches_consumed = 0  # within self.epoch
@@ -321,7 +340,7 @@ class ShardLoader:
         ds = _EpochStream(self, epoch, start)
         # A generator of our own: otherwise creating the iterator draws a base seed from the global torch
         # RNG and shifts the trainer's dropout stream after a resume.
-        kw = dict(num_workers=self.num_workers, batch_size=None, collate_fn=_identity,
+        kw = dict(num_workers=self.num_workers, batch_size=None, collate_fn=_identity, pin_memory=self.pin_memory,
                   generator=torch.Generator().manual_seed(self.seed + epoch))
         if self.num_workers > 0:
             kw.update(prefetch_factor=self.prefetch_factor, multiprocessing_context="fork",
@@ -339,8 +358,11 @@ class ShardLoader:
                 if "_error" in item:
                     raise ShardError(item["_shard"], item["_error"])
                 self._update_stats(worker_stats, item["_stats"])
-                packed = item["packed"]
-                pending[item["_index"]] = {"input_ids": packed[0], "attention_mask": packed[1], "labels": packed[2]}
+                packed, (n_tok, n_mlm) = item["packed"], item["_n"]
+                tok, mlm, mlm_labels = item["rows"].split([n_tok, n_mlm, n_mlm])
+                pending[item["_index"]] = {"input_ids": packed[0], "attention_mask": packed[1], "labels": packed[2],
+                                           "tok_index": tok, "mlm_index": mlm, "mlm_labels": mlm_labels,
+                                           "padded": item["_padded"]}
                 if len(pending) > 2 * self.workers * (self.prefetch_factor + 1):
                     raise RuntimeError(f"data loader on rank {self.rank}: batch {expect} never arrived "
                                        f"(holding {sorted(pending)[:8]})")

@@ -70,7 +70,10 @@ class TrainConfig:
     mlm_smoothing: float = opt(0.7, "mask rare tokens more: weight = count^-smoothing (paper 0.7; 0 = uniform)")
     mask_count: str | None = opt(None, "tokens masked per batch: nonspecial = round(p x non-special tokens); reference "
                                  "= ceil(p x all non-pad tokens, [CLS]/[SEP] included). None: the --recipe's (dstrain: nonspecial)")
-    num_workers: int = opt(0, "DataLoader worker processes per rank")
+    num_workers: int = opt(-1, "DataLoader worker processes per rank; -1 = auto: 2 on CUDA (masking and collate off the "
+                                "training thread), 0 on CPU (the cores are busy training)")
+    compile: str = opt("auto", "torch.compile the teacher's and the student's encoders: auto (on with CUDA and ZeRO "
+                               "stage < 3, off on CPU), true or false")
     strict_data: bool = opt(True, "stop on a bad shard (true) or skip and count it (false)")
     log_every: int = opt(10, "TensorBoard scalars every N steps")
     eval_every: int = opt(500, "held-out MLM loss/accuracy of the student every N steps (0 = only at the end)")
@@ -102,7 +105,8 @@ class TrainConfig:
         require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)")
         require(0.0 < self.mlm_probability <= 1.0, "mlm_probability", "must be in (0, 1]")
         require(self.mlm_smoothing >= 0, "mlm_smoothing", "must be >= 0")
-        require(self.num_workers >= 0, "num_workers", "must be >= 0")
+        require(self.num_workers >= -1, "num_workers", "must be >= 0, or -1 (auto)")
+        require(self.compile in ("auto", "true", "false"), "compile", "must be auto, true or false")
         require(self.log_every >= 1, "log_every", "must be >= 1")
         require(self.eval_every >= 0 and self.eval_batches >= 1, "eval_every", "eval_every >= 0 and eval_batches >= 1")
         require(self.save_every >= 0, "save_every", "must be >= 0")
@@ -289,13 +293,14 @@ class Preemption:
             signal.signal(s, signal.SIG_IGN)
 
 
-def _to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
-    return {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")}
+def _to_device(batch: dict[str, Any], device) -> dict[str, Any]:
+    """Tensors to the device (asynchronously from the loader's pinned memory on CUDA); host flags stay."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 # settings that do not change what a run computes (or, max_steps, only how far): a resume may change them
 VOLATILE = {"max_steps", "resume", "save_every", "keep_last", "log_every", "eval_every", "eval_batches",
-            "progress", "num_workers", "out_dir", "max_bad_steps", "dist_timeout_minutes", "continue_finished"}
+            "progress", "num_workers", "out_dir", "max_bad_steps", "dist_timeout_minutes", "continue_finished", "compile"}
 
 
 def _config_hash(d: dict[str, Any]) -> str:
@@ -480,8 +485,13 @@ class Trainer:
         from dstrain.data.causal import batch_labeler  # next-token labels on causal-LM block shards, else masking
 
         masker = batch_labeler(self.shards, cfg.mlm_probability, cfg.mlm_smoothing, count=cfg.mask_count)
+        cuda = self.device.type == "cuda"
+        workers = cfg.num_workers
+        if workers < 0:  # auto; every reader needs a shard of its own
+            workers = min(2, len(self.shards.shard_entries) // dist.world_size) if cuda else 0
+            workers = 0 if workers < 2 else workers
         self.loader = build_loader(self.shards, micro_batch_size=self.micro, rank=dist.rank, world_size=dist.world_size,
-                                   num_workers=cfg.num_workers, seed=cfg.seed, masker=masker)
+                                   num_workers=workers, seed=cfg.seed, masker=masker, pin_memory=cuda)
         # uniform masking for evaluation: a fixed, comparable task across runs and steps
         eval_masker = batch_labeler(self.val_shards, cfg.mlm_probability, 0.0)
         self.eval_loader = build_eval_loader(self.val_shards, micro_batch_size=self.micro, rank=dist.rank,
@@ -492,6 +502,12 @@ class Trainer:
                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
                                  fused=self.device.type == "cuda")
         sched = lambda o: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(cfg.max_steps, cfg.warmup_frac, cfg.warmup_style))  # noqa: E731
+        from dstrain.train.step import compile_encoders, resolve_compile
+
+        stage = int(self.ds_cfg.get("zero_optimization", {}).get("stage", 0))
+        self.compiled = resolve_compile(cfg.compile, self.device.type, stage)
+        if self.compiled:
+            compile_encoders(self.teacher, self.student)
         self.engine, _, _, _ = deepspeed.initialize(model=StudentForDistill(self.student), optimizer=opt_,
                                                     lr_scheduler=sched, config=self.ds_cfg)
         del self.student  # the engine owns it now (partitioned under ZeRO-3)
@@ -625,7 +641,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         from dstrain.models import mlm_forward, save_hf_model
         from dstrain.train.step import micro_step
-        from dstrain.train.throughput import peak_flops, train_flops_per_token
+        from dstrain.flops import StepFlops, peak_flops
 
         cfg, dist, engine = self.cfg, self.dist, self.engine
         self.consecutive_bad, self.samples_seen, self.tokens_seen = 0, 0, 0
@@ -665,13 +681,21 @@ class Trainer:
 
             bar = tqdm(total=cfg.max_steps, initial=start, desc=self.mode, dynamic_ncols=True, mininterval=2.0)
             self._bar = bar
-        flops_tok = train_flops_per_token(self.student_config, self.teacher.config if self.teacher is not None else None,
-                                          self.shards.max_seq_len)
+        # FLOPs of what each micro-step computes: its real padded length, the rows it projects (dstrain/flops.py)
+        step_flops = StepFlops(self.student_config, self.teacher.config if self.teacher is not None else None, self.loss)
         peak = peak_flops(self.device, self.precision)
+        names = ("total", *self.loss.alphas)  # the LM term is "mlm" or "clm" (a causal teacher)
+        loss_terms = {k: float("nan") for k in names}  # the log window's mean terms, read at log steps
+        # the last logged step's terms; a run relaunched at its last step reports its checkpoint's
+        last_terms = {**loss_terms, **self.loss_terms}
+        win_sum, win_n, win_flops = None, 0, 0.0  # device sum of the window's per-step means; host FLOP count
+        # One GPU in fp16/bf16: DeepSpeed's overflow check (fp16 loss scaler, bf16 check_grad_overflow) already tells
+        # a non-finite step (it is skipped), so the loop reads nothing back from the device between log steps.
+        # Several ranks must agree on the stop flags every step, and fp32 has no overflow check: one small read.
+        read_each_step = dist.world_size > 1 or self.device.type != "cuda" or self.precision == "fp32"
         batches = self._batches()
         # resumed at its last step (stopped between the final save and the export): nothing to save again
         step, last_saved, stop_reason = start, (self.ckpt.root / self.resume_tag if self.resume_tag else None), "max_steps"
-        loss_terms = self.loss_terms  # the checkpoint's, until a step runs
         window_t, window_tokens, window_samples, window_steps = time.time(), 0.0, 0.0, 0
         bad_first = None
         if self.device.type == "cuda":
@@ -683,26 +707,41 @@ class Trainer:
             for _ in range(self.accum):
                 b = _to_device(next(batches), self.device)
                 total, terms = micro_step(engine, self.teacher, b, self.loss, nan_injection=inject)
-                vals = torch.stack([total.float(), *[terms.get(k, total.new_zeros(())).float() for k in self.loss.alphas]])
+                vals = torch.stack([total.float(), *[terms.get(k, total.new_zeros(())).float() for k in names[1:]]])
                 acc = vals if acc is None else acc + vals
-                ntok += int(b["attention_mask"].sum())
+                ntok += int(b["tok_index"].shape[0])  # a shape: known on the host, no sync
+                win_flops += step_flops.micro_step(b)
             step += 1
             if step == signal_at and dist.rank == dist.world_size - 1:
                 os.kill(os.getpid(), signal.SIGUSR1)  # as Slurm would, to one rank only: the others learn it below
-            # one all-reduce per step: mean loss terms, tokens, non-finite flag, preemption flag, and the data
-            # this rank skipped (bad shards found while reading, bad samples): each rank reads its own shards
+            step_vals = acc / self.accum  # (4,) on the device; read at the next log step
+            win_sum = step_vals if win_sum is None else win_sum + step_vals
+            win_n += 1
+            # the data this rank skipped (bad shards found while reading, bad samples): each rank reads its own shards
             st = self.loader.stats
             skipped = [st.get("bad_shards", 0) - len(self.shards.bad_shards), st.get("bad_samples", 0)]
-            red = torch.cat([acc / self.accum, torch.tensor([ntok, 0.0, float(preempt.flag), *skipped],
-                                                            device=acc.device)])
-            red[5] = float(not torch.isfinite(acc).all())
-            if dist.world_size > 1:
-                torch.distributed.all_reduce(red)
-            red = red.tolist()
-            loss_terms = {k: red[i] / dist.world_size for i, k in enumerate(("total", *self.loss.alphas))}
-            step_tokens, nonfinite, stop_flag = red[4], red[5] > 0, red[6] > 0
-            bad_shards = len(self.shards.bad_shards) + int(red[7])  # found at open: the same list on every rank
-            bad_samples = int(red[8])
+            if read_each_step:
+                # one all-reduce: non-finite flag, tokens, preemption flag, skipped data
+                red = torch.cat([torch.isfinite(acc).all().logical_not().float().reshape(1),
+                                 torch.tensor([ntok, float(preempt.flag), *skipped], device=acc.device)])
+                if dist.world_size > 1:
+                    torch.distributed.all_reduce(red)
+                red = red.tolist()
+                nonfinite, step_tokens, stop_flag = red[0] > 0, red[1], red[2] > 0
+                bad_shards = len(self.shards.bad_shards) + int(red[3])  # found at open: the same list on every rank
+                bad_samples = int(red[4])
+            else:
+                nonfinite, step_tokens, stop_flag = False, ntok, preempt.flag
+                bad_shards, bad_samples = len(self.shards.bad_shards) + int(skipped[0]), int(skipped[1])
+            log_now = step % cfg.log_every == 0 or step == cfg.max_steps
+            if log_now:  # every rank: the window's mean terms and the last step's, averaged over ranks
+                red = torch.cat([win_sum / win_n, step_vals])
+                if dist.world_size > 1:
+                    torch.distributed.all_reduce(red)
+                red = red.tolist()
+                loss_terms = {k: red[i] / dist.world_size for i, k in enumerate(names)}
+                last_terms = {k: red[4 + i] / dist.world_size for i, k in enumerate(names)}
+                win_sum, win_n = None, 0
             self.tokens_seen += int(step_tokens)
             self.samples_seen += self.global_batch
             applied = engine.was_step_applied()
@@ -718,7 +757,7 @@ class Trainer:
             window_samples += self.global_batch
             window_steps += 1
 
-            if writer and (step % cfg.log_every == 0 or step == cfg.max_steps):
+            if writer and log_now:
                 dt = max(time.time() - window_t, 1e-9)
                 s = {f"train/loss_{k}": v for k, v in loss_terms.items()}
                 s.update({"train/lr": engine.get_lr()[0], "train/skipped_steps": engine.skipped_steps,
@@ -732,13 +771,15 @@ class Trainer:
                 if self.device.type == "cuda":
                     s["perf/peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
                     if peak:
-                        s["perf/mfu"] = flops_tok * window_tokens / dist.world_size / dt / peak
+                        s["perf/mfu"] = win_flops / dt / peak
                 for k, v in s.items():
                     if v is not None and math.isfinite(v):
                         writer.add_scalar(k, v, step)
                     elif v is not None:
                         writer.add_scalar(k, float("nan"), step)
                 window_t, window_tokens, window_samples, window_steps = time.time(), 0.0, 0.0, 0
+            if log_now:
+                win_flops = 0.0
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_terms['total']:.3f}", lr=f"{engine.get_lr()[0]:.2e}",
@@ -747,7 +788,7 @@ class Trainer:
                 self._diverged(step, bad_first, last_saved, writer, bar)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
                 self._log_eval(writer, step)
-            self.loss_terms = loss_terms  # into the checkpoint: a relaunch at the last step reports it
+            self.loss_terms = last_terms  # into the checkpoint: a relaunch at the last step reports it
             if stop_flag:
                 stop_reason = "preempted"
                 break
@@ -795,7 +836,7 @@ class Trainer:
             model.tie_weights()
             save_hf_model(model, self.out / "student", self.shards.tokenizer_dir)
             metrics.update(step=step, student_mlm_loss=s_loss, student_mlm_acc=s_acc,
-                           train_loss=loss_terms.get("total"), skipped_steps=engine.skipped_steps,
+                           train_loss=last_terms.get("total"), skipped_steps=engine.skipped_steps,
                            tokens_seen=self.tokens_seen, samples_seen=self.samples_seen, checkpoint=last_saved.name)
             # written last: its presence marks the run finished (see finished_decision)
             atomic_write_text(self.out / "metrics.json",

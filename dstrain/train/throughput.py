@@ -8,15 +8,8 @@
 Used by `benchmarks/bench_trainer.py` and by `benchmark --mode train`. The timed step is
 `dstrain.train.step.micro_step` on a DeepSpeed engine, i.e. exactly what `distill` runs.
 
-FLOP formula (matmuls only; embeddings, norms, softmax and the loss are ignored, as in the usual
-MFU convention of Megatron/PaLM). For an encoder with L layers, hidden H, feed-forward F, vocab V,
-at sequence length S, one token's forward pass costs
-    fwd(S) = 2 * L * (4*H^2 + 2*H*F)      QKV + output projections, feed-forward
-           + 4 * L * S * H                 attention scores QK^T and the weighted sum AV
-           + 2 * (H^2 + H*V)               MLM head (transform + vocabulary projection)
-and training costs 3 x fwd (backward = 2 x forward). A distillation step per token is
-    3 * fwd_student(S) + fwd_teacher(S)
-(the teacher only runs forward). MFU = achieved FLOP/s / the device's dense peak for the precision.
+FLOPs and peaks come from `dstrain.flops` (the one FLOP module): MFU counts what the step computes, the
+vocabulary projection at the rows it projects.
 """
 
 from __future__ import annotations
@@ -26,54 +19,24 @@ from typing import Any
 
 import torch
 
-# Dense (no sparsity) peak FLOP/s per GPU for fp16/bf16 tensor cores; fp32 runs on TF32 at half that.
-PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989.4e12, "H200": 989.4e12, "GH200": 989.4e12, "A100": 312e12,
-             "L40S": 362e12, "A10": 125e12, "V100": 125e12, "L4": 121e12}
-
-
-def peak_flops(device: Any, precision: str) -> float | None:
-    """Dense peak FLOP/s of `device` at `precision`, or None (CPU, unknown GPU)."""
-    if getattr(device, "type", str(device)) != "cuda" or not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, val in PEAK_BF16.items():  # "H100 PCIe" is listed before "H100"
-        if key in name:
-            return val if precision in ("fp16", "bf16") else val / 2
-    return None
-
-
-def _dims(cfg: Any) -> tuple[int, int, int, int]:
-    if cfg.model_type == "distilbert":
-        return cfg.n_layers, cfg.dim, cfg.hidden_dim, cfg.vocab_size
-    from dstrain.families import ffn_size  # issue #16: GPT-2 names it n_inner
-
-    return cfg.num_hidden_layers, cfg.hidden_size, ffn_size(cfg), cfg.vocab_size
-
-
-def forward_flops_per_token(cfg: Any, seq_len: int) -> float:
-    """fwd(S) of the module docstring for a transformers config (BERT, DistilBERT, RoBERTa)."""
-    L, H, F, V = _dims(cfg)
-    return 2 * L * (4 * H * H + 2 * H * F) + 4 * L * seq_len * H + 2 * (H * H + H * V)
-
-
-def train_flops_per_token(student_cfg: Any, teacher_cfg: Any | None, seq_len: int) -> float:
-    """3 * fwd_student + fwd_teacher (teacher_cfg None: pretraining, student only)."""
-    f = 3 * forward_flops_per_token(student_cfg, seq_len)
-    if teacher_cfg is not None:
-        f += forward_flops_per_token(teacher_cfg, seq_len)
-    return f
+from dstrain.flops import StepFlops, peak_flops
 
 
 def synthetic_batch(vocab_size: int, micro_batch: int, seq_len: int, device: Any, generator: torch.Generator,
                     mlm_probability: float = 0.15) -> dict[str, torch.Tensor]:
-    """Full-length random batch with `mlm_probability` of the positions masked (labels = original ids)."""
+    """Full-length random batch with `mlm_probability` of the positions masked (labels = original ids), with the
+    row indices of the collate function (`dstrain.data.loader.row_index`) built on the host."""
+    from dstrain.data.loader import row_index
+
     ids = torch.randint(5, vocab_size, (micro_batch, seq_len), generator=generator)
     labels = torch.full_like(ids, -100)
     sel = torch.rand(ids.shape, generator=generator) < mlm_probability
     labels[sel] = ids[sel]
     masked = ids.clone()
     masked[sel] = 4
-    return {"input_ids": masked.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": labels.to(device)}
+    b = {"input_ids": masked, "attention_mask": torch.ones_like(ids), "labels": labels}
+    b.update(row_index(b["attention_mask"], labels))
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
 
 
 def _sync(device) -> None:
@@ -83,18 +46,21 @@ def _sync(device) -> None:
 
 def measure_train_throughput(teacher: torch.nn.Module | None, student: torch.nn.Module, *, micro_batch: int,
                              seq_len: int, steps: int = 10, warmup_steps: int = 3, ds_config: dict | None = None,
-                             precision: str = "fp32", loss: Any = None, seed: int = 0) -> dict[str, Any]:
+                             precision: str = "fp32", loss: Any = None, seed: int = 0, compile: bool | str = False
+                             ) -> dict[str, Any]:
     """Time `steps` optimizer steps of the real trainer step (DeepSpeed engine, grad_accum 1).
 
     `student` is a fresh transformers masked-LM (it is wrapped and handed to DeepSpeed); `teacher`
-    a frozen module already on the device in its dtype, or None (MLM only). Returns tokens_per_s,
-    samples_per_s, step_s, flops_per_token, mfu (None off-GPU), peak_mem_gb (None off-GPU).
+    a frozen module already on the device in its dtype, or None (MLM only); `compile`: torch.compile
+    both encoders first (True: inductor, or a backend's name; undone afterwards, so the teacher can be
+    reused). Returns tokens_per_s,
+    samples_per_s, step_s, flops_per_step, mfu (None off-GPU), peak_mem_gb (None off-GPU).
     """
     import deepspeed
 
     from dstrain.models import StudentForDistill
     from dstrain.runtime import init_distributed, resolve_ds_config
-    from dstrain.train.step import PRETRAIN_LOSS, LossSettings, micro_step
+    from dstrain.train.step import PRETRAIN_LOSS, LossSettings, compile_encoders, micro_step, uncompile_encoders
 
     dist = init_distributed()
     loss = loss or (LossSettings() if teacher is not None else PRETRAIN_LOSS)
@@ -106,6 +72,8 @@ def measure_train_throughput(teacher: torch.nn.Module | None, student: torch.nn.
     cfg["steps_per_print"] = 10**9
     opt = torch.optim.AdamW(student.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6,
                             fused=dist.device.type == "cuda")
+    if compile:
+        compile_encoders(teacher, student, backend=compile if isinstance(compile, str) else "inductor")
     engine, _, _, _ = deepspeed.initialize(model=StudentForDistill(student), optimizer=opt, config=cfg)
     g = torch.Generator().manual_seed(seed)
     vocab = student.config.vocab_size
@@ -123,23 +91,26 @@ def measure_train_throughput(teacher: torch.nn.Module | None, student: torch.nn.
         dt = time.perf_counter() - t0
     finally:
         engine.destroy() if hasattr(engine, "destroy") else None
+        uncompile_encoders(teacher, student)
     tokens = steps * micro_batch * seq_len
-    fpt = train_flops_per_token(student.config, teacher.config if teacher is not None else None, seq_len)
+    fl = StepFlops(student.config, teacher.config if teacher is not None else None, loss)
+    flops_step = sum(fl.micro_step(batches[i % 4]) for i in range(steps)) / steps
     peak = peak_flops(dist.device, precision)
     return {
-        "precision": precision, "micro_batch": micro_batch, "seq_len": seq_len, "steps": steps,
+        "precision": precision, "micro_batch": micro_batch, "seq_len": seq_len, "steps": steps, "compiled": bool(compile),
         "step_s": dt / steps, "tokens_per_s": tokens / dt, "samples_per_s": steps * micro_batch / dt,
-        "flops_per_token": fpt, "mfu": (fpt * tokens / dt / peak) if peak else None,
+        "flops_per_step": flops_step, "mfu": (flops_step * steps / dt / peak) if peak else None,
         "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if dist.device.type == "cuda" else None,
     }
 
 
 def measure_bare_torch(teacher: torch.nn.Module | None, student: torch.nn.Module, *, micro_batch: int, seq_len: int,
                        steps: int = 10, warmup_steps: int = 3, loss: Any = None, seed: int = 0,
-                       device: Any = "cpu", autocast_dtype: torch.dtype | None = None) -> dict[str, Any]:
+                       device: Any = "cpu", autocast_dtype: torch.dtype | None = None, compile: bool | str = False
+                       ) -> dict[str, Any]:
     """The same work without DeepSpeed: teacher forward, student forward/backward, clip, AdamW step."""
     from dstrain.models import StudentForDistill
-    from dstrain.train.step import PRETRAIN_LOSS, LossSettings, compute_losses
+    from dstrain.train.step import PRETRAIN_LOSS, LossSettings, compile_encoders, compute_losses, uncompile_encoders
 
     device = torch.device(device)
     loss = loss or (LossSettings() if teacher is not None else PRETRAIN_LOSS)
@@ -156,13 +127,22 @@ def measure_bare_torch(teacher: torch.nn.Module | None, student: torch.nn.Module
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for i in range(warmup_steps):
-        one(batches[i % 4])
-    _sync(device)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        one(batches[i % 4])
-    _sync(device)
-    dt = time.perf_counter() - t0
+    if compile:
+        compile_encoders(teacher, student, backend=compile if isinstance(compile, str) else "inductor")
+    try:
+        for i in range(warmup_steps):
+            one(batches[i % 4])
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for i in range(steps):
+            one(batches[i % 4])
+        _sync(device)
+        dt = time.perf_counter() - t0
+    finally:
+        uncompile_encoders(teacher, student)
     tokens = steps * micro_batch * seq_len
-    return {"step_s": dt / steps, "tokens_per_s": tokens / dt, "samples_per_s": steps * micro_batch / dt}
+    return {"step_s": dt / steps, "tokens_per_s": tokens / dt, "samples_per_s": steps * micro_batch / dt,
+            "compiled": bool(compile),
+            "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}

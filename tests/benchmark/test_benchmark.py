@@ -121,18 +121,35 @@ def test_train_mode_tokens_per_s_and_flops(tmp_path):
     t.write_text(json.dumps(_bert(2, hidden=32)))
     s.write_text(json.dumps(_bert(1, hidden=32)))
     out = tmp_path / "train"
+    # eager only: inductor's C++ build of the compiled side takes minutes on 2 shared cores
+    # (test_train_table_puts_compiled_beside_eager covers the side-by-side report)
     run_cli("benchmark", "--mode", "train", "--models", f"{t},{s}", "--seq_lens", "32", "--batch_sizes", "4",
-            "--steps", "2", "--warmup", "1", "--peak_tflops", "1.0", "--out_dir", str(out), timeout=300)
+            "--steps", "2", "--warmup", "1", "--peak_tflops", "1.0", "--compile", "eager", "--out_dir", str(out),
+            timeout=300)
     res = json.loads((out / "benchmark.json").read_text())
     (row,) = res["train"]
+    assert row["compiled"] is False
     assert row["teacher"] == "t" and row["student"] == "s" and row["precision"] == "fp32"
-    from dstrain.benchmark.flops import EncoderShape, distill_step_flops
+    from dstrain.flops import EncoderShape, distill_step_flops
 
     shape = lambda L: EncoderShape(L, 32, 128, 1000)  # noqa: E731
     assert row["flops_per_step"] == distill_step_flops(shape(2), shape(1), 4, 32, 4 * 32, 4 * 32)
     assert row["step_s"] > 0 and row["tokens_per_s"] == pytest.approx(4 * 32 / row["step_s"])
     assert row["mfu"] == pytest.approx(row["flops_per_step"] / row["step_s"] / 1e12)
     assert (out / "benchmark.png").exists()
+
+
+def test_train_table_puts_compiled_beside_eager():
+    from dstrain.benchmark.train import format_train
+
+    base = {"teacher": "t", "student": "s", "precision": "fp32", "seq_len": 32, "micro_batch_size": 4,
+            "achieved_tflops": 0.1, "mfu": None}
+    rows = [dict(base, compiled=False, step_s=0.2, tokens_per_s=640.0),
+            dict(base, compiled=True, step_s=0.1, tokens_per_s=1280.0)]
+    text = format_train({"machine": {"device": "cpu", "gpu_name": None, "cpu_model": "x", "torch_threads": 2},
+                         "train": rows})
+    eager, compiled = [ln for ln in text.splitlines() if ln.startswith("t ")]
+    assert "eager" in eager and "compiled" in compiled and "2.00x" in compiled
 
 
 def test_bad_input_is_refused_with_a_clear_error(tiny, tmp_path):

@@ -5,7 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertForMaskedLM, BertModel, DistilBertConfig, DistilBertModel
 
-from dstrain.benchmark.flops import EncoderShape, distill_step_flops, encoder_forward_flops, mfu, peak_tflops
+from dstrain.flops import EncoderShape, StepFlops, distill_step_flops, encoder_forward_flops, mfu, peak_tflops
 
 
 def test_forward_flops_by_hand():
@@ -58,21 +58,74 @@ def test_formula_matches_torch_flop_counter(b, s):
 
 
 def test_peak_table_and_mfu():
-    assert peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.0
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.4
     assert peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.0
-    assert peak_tflops("NVIDIA H200", "fp16") == 989.0
+    assert peak_tflops("NVIDIA H200", "fp16") == 989.4
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", "bf16") == 312.0  # not the A10's row
+    assert peak_tflops("NVIDIA A10G", "bf16") == 70.0 and peak_tflops("NVIDIA A10", "bf16") == 125.0
+    assert peak_tflops("Tesla V100-SXM2-16GB", "fp32") == 15.7  # no TF32 on Volta: the data sheet's fp32
+    assert peak_tflops("Tesla V100-SXM2-16GB", "bf16") is None
     assert peak_tflops("Some Future GPU", "bf16") is None
     assert mfu(1e12, 1.0, 2.0) == pytest.approx(0.5)
     assert mfu(1e12, 1.0, None) is None
 
 
-def test_agrees_with_the_trainers_per_token_formula():
-    # dstrain/train/throughput.py counts FLOPs per token for its own MFU log; both must say the same
-    from dstrain.train.throughput import train_flops_per_token
-
+def _pair():
     t_cfg = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, intermediate_size=3072)
-    s_cfg = DistilBertConfig()
-    b, s = 32, 128
-    ours = distill_step_flops(EncoderShape.from_hf_config(t_cfg), EncoderShape.from_hf_config(s_cfg), b, s,
-                              b * s, b * s)
-    assert ours == pytest.approx(b * s * train_flops_per_token(s_cfg, t_cfg, s), rel=1e-12)
+    return t_cfg, DistilBertConfig()
+
+
+def test_step_flops_count_the_projected_rows_and_real_lengths():
+    """The trainer's per-micro-batch count: encoders at the batch's padded length, heads only where the step
+    projects: every non-pad token (default loss), or the masked ones (restrict_ce_to_mask: the old per-token
+    formula overstated this ~1.35x at seq 128), the teacher's head only with a KL term, no teacher when no term needs it."""
+    from dstrain.train.step import PRETRAIN_LOSS, LossSettings
+
+    t_cfg, s_cfg = _pair()
+    T, S = EncoderShape.from_hf_config(t_cfg), EncoderShape.from_hf_config(s_cfg)
+    b, s, n_tok, n_mlm = 32, 128, 3000, 450  # 3000 real tokens of 4096 positions, 15% of them masked
+    f = StepFlops(s_cfg, t_cfg, LossSettings())
+    assert f.count(b, s, n_tok, n_mlm) == distill_step_flops(T, S, b, s, n_tok, n_tok)
+    f_mask = StepFlops(s_cfg, t_cfg, LossSettings(restrict_ce_to_mask=True))
+    assert f_mask.count(b, s, n_tok, n_mlm) == distill_step_flops(T, S, b, s, n_mlm, n_mlm)
+    # with every position real, the old formula (heads at every position) overstated the masked-only step ~1.35x
+    old = distill_step_flops(T, S, b, s, b * s, b * s)
+    assert old / f_mask.count(b, s, b * s, round(0.15 * b * s)) == pytest.approx(1.35, abs=0.01)
+    no_kl = StepFlops(s_cfg, t_cfg, LossSettings(alpha_ce=0.0))
+    assert no_kl.count(b, s, n_tok, n_mlm) == encoder_forward_flops(T, b, s, 0) + 3 * encoder_forward_flops(S, b, s, n_mlm)
+    pre = StepFlops(s_cfg, None, PRETRAIN_LOSS)
+    assert pre.count(b, s, n_tok, n_mlm) == 3 * encoder_forward_flops(S, b, s, n_mlm)
+    # from a collated batch: shapes only
+    batch = {"input_ids": torch.zeros(b, s, dtype=torch.long), "tok_index": torch.zeros(n_tok, dtype=torch.long),
+             "mlm_index": torch.zeros(n_mlm, dtype=torch.long)}
+    assert f.micro_step(batch) == f.count(b, s, n_tok, n_mlm)
+
+
+def test_step_flops_match_torch_flop_counter_on_the_real_step():
+    """torch's FLOP counter on the real fused step (forward + backward of the student, forward of the teacher),
+    eager attention so the CPU counter sees Q K^T and A V: equal to StepFlops (the loss's elementwise work and
+    the fused loss's in-forward gradient matmuls are what the formula counts as the head's backward)."""
+    from transformers import BertForMaskedLM
+
+    from dstrain.data.loader import row_index
+    from dstrain.models import StudentForDistill, build_student
+    from dstrain.train.step import LossSettings, compute_losses
+
+    cfg = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     max_position_embeddings=64, attn_implementation="eager")
+    torch.manual_seed(0)
+    teacher = BertForMaskedLM(cfg).eval()
+    student, _ = build_student(teacher, cfg, 1, "even", "teacher", 0)
+    student.config._attn_implementation = "eager"
+    model = StudentForDistill(student)
+    ids = torch.randint(5, 120, (3, 16))
+    am = torch.ones_like(ids)
+    am[2, 10:] = 0
+    labels = torch.full_like(ids, -100)
+    labels[0, 3], labels[1, 5], labels[2, 2] = 7, 8, 9
+    batch = {"input_ids": ids, "attention_mask": am, "labels": labels, **row_index(am, labels)}
+    for loss in (LossSettings(), LossSettings(restrict_ce_to_mask=True)):
+        with FlopCounterMode(display=False) as fc:
+            total, _ = compute_losses(model, teacher, batch, loss)
+            total.backward()
+        assert fc.get_total_flops() == StepFlops(student.config, cfg, loss).micro_step(batch)

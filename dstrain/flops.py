@@ -1,7 +1,11 @@
-"""FLOP counts of BERT-style encoders and of one distillation step, and model FLOP utilisation (MFU).
+"""FLOP counts of BERT-style encoders and of one distillation step, GPU peaks, and model FLOP utilisation (MFU).
 
-Pure functions, no torch: the trainer imports `distill_step_flops` to log MFU, `benchmark --mode train`
-uses it to turn measured tokens/s into MFU.
+The one FLOP module: the trainer's `perf/mfu` (`StepFlops`, per micro-batch as it arrives), `benchmark
+--mode train` and benchmarks/ all count with these functions, so they cannot disagree.
+
+    f = StepFlops(student.config, teacher.config, LossSettings())
+    flops = f.micro_step(batch)                 # what this micro-batch computes
+    mfu(flops, seconds, peak_tflops("NVIDIA H100 80GB HBM3", "bf16"))
 
 Counting convention (the one of Kaplan et al. 2020 / the PaLM MFU appendix): a matmul of an (m x k)
 by a (k x n) matrix is 2*m*k*n FLOPs; softmax, layer norm, GELU, biases, embedding look-ups and the
@@ -72,14 +76,21 @@ def distill_step_flops(teacher: EncoderShape, student: EncoderShape, batch: int,
     return t + 3.0 * s
 
 
-# Dense (no sparsity) peak tensor throughput in TFLOP/s, from the vendors' data sheets.
-# name fragment (lower case) -> {precision: TFLOP/s}. fp32 on Ampere/Hopper means TF32 tensor cores.
+# Dense (no sparsity) peak tensor throughput in TFLOP/s, from the vendors' data sheets. The two tables this
+# replaces disagreed (A10G 125 vs 70, V100 fp32 62.5 vs 15.7); these are the data-sheet dense figures.
+# name fragment (lower case) -> {precision: TFLOP/s}; the first fragment found in the device name wins, so
+# more specific fragments come first ("h100 pcie" before "h100", "a100" and "a10g" before "a10").
+# fp32 on Ampere/Hopper is the TF32 tensor-core figure (torch uses TF32 only when allowed; fp32 training on
+# these GPUs is not a dstrain default). V100 and T4 have no TF32: their fp32 is the CUDA-core figure.
 GPU_PEAK_TFLOPS = {
-    "h200": {"bf16": 989.0, "fp16": 989.0, "fp32": 494.0},
+    "h200": {"bf16": 989.4, "fp16": 989.4, "fp32": 494.7},
+    "gh200": {"bf16": 989.4, "fp16": 989.4, "fp32": 494.7},
     "h100 pcie": {"bf16": 756.0, "fp16": 756.0, "fp32": 378.0},
-    "h100": {"bf16": 989.0, "fp16": 989.0, "fp32": 494.0},  # SXM / HBM3
+    "h100": {"bf16": 989.4, "fp16": 989.4, "fp32": 494.7},  # SXM / HBM3
     "a100": {"bf16": 312.0, "fp16": 312.0, "fp32": 156.0},
-    "a10g": {"bf16": 70.0, "fp16": 70.0, "fp32": 35.0},
+    "l40s": {"bf16": 362.05, "fp16": 362.05, "fp32": 183.0},
+    "a10g": {"bf16": 70.0, "fp16": 70.0, "fp32": 35.0},  # AWS's A10G (NVIDIA's A10 data sheet: 125)
+    "a10": {"bf16": 125.0, "fp16": 125.0, "fp32": 62.5},
     "l4": {"bf16": 121.0, "fp16": 121.0, "fp32": 60.0},
     "v100": {"fp16": 125.0, "fp32": 15.7},
     "t4": {"fp16": 65.0, "fp32": 8.1},
@@ -100,3 +111,48 @@ def mfu(flops_per_step: float, step_seconds: float, peak_tflops_: float | None) 
     if not peak_tflops_ or step_seconds <= 0:
         return None
     return flops_per_step / step_seconds / (peak_tflops_ * 1e12)
+
+
+def peak_flops(device: Any, precision: str) -> float | None:
+    """Dense peak FLOP/s of a torch device at `precision` (fp16, bf16, fp32), or None (CPU, unknown GPU)."""
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda" or not torch.cuda.is_available():
+        return None
+    p = peak_tflops(torch.cuda.get_device_name(device), precision)
+    return None if p is None else p * 1e12
+
+
+class StepFlops:
+    """FLOPs of one micro-step of `dstrain.train.step.compute_losses`, from the batch it is given.
+
+    Counts what the step computes: the encoders over the batch's padded length (B, L), the teacher's
+    forward and three student forwards (backward = 2x forward), and the MLM heads (transform +
+    vocabulary projection) only at the R rows the step projects: every non-pad token when the KL term
+    is on every token, else the masked tokens; the teacher's head only when there is a KL term, the
+    teacher's encoder only when a term needs it.
+    """
+
+    def __init__(self, student_config: Any, teacher_config: Any | None, loss: Any):
+        self.student = EncoderShape.from_hf_config(student_config)
+        self.teacher = EncoderShape.from_hf_config(teacher_config) if teacher_config is not None else None
+        self.loss = loss
+
+    def rows(self, n_tokens: int, n_masked: int) -> tuple[int, int]:
+        """(student rows, teacher rows) projected onto the vocabulary."""
+        kl = self.teacher is not None and self.loss.alpha_ce != 0.0
+        r = n_tokens if kl and not self.loss.restrict_ce_to_mask else n_masked
+        return r, (r if kl else 0)
+
+    def count(self, batch: int, seq_len: int, n_tokens: int, n_masked: int) -> float:
+        """FLOPs of a (batch, seq_len) micro-batch with n_tokens non-pad and n_masked masked tokens."""
+        rs, rt = self.rows(n_tokens, n_masked)
+        f = 3.0 * encoder_forward_flops(self.student, batch, seq_len, rs)
+        if self.teacher is not None and self.loss.needs_teacher:
+            f += encoder_forward_flops(self.teacher, batch, seq_len, rt)
+        return f
+
+    def micro_step(self, b: dict) -> float:
+        """count() of a collated batch (input_ids (B, L), tok_index, mlm_index): shapes only, no device sync."""
+        B, L = b["input_ids"].shape
+        return self.count(int(B), int(L), int(b["tok_index"].shape[0]), int(b["mlm_index"].shape[0]))
