@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from dstrain.config import UserError, atomic_write_json, atomic_write_text
+from dstrain.runtime import device_type
 
 log = logging.getLogger("dstrain")
 
@@ -53,7 +54,7 @@ def step_tag(step: int) -> str:
 def rng_state() -> dict[str, Any]:
     """Every RNG a training step draws from (dropout, masking, shuffling)."""
     st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if device_type() == "cuda":  # not on a CPU run of a GPU host (DS_ACCELERATOR=cpu): no CUDA context
         st["cuda"] = torch.cuda.get_rng_state()
     return st
 
@@ -62,7 +63,7 @@ def set_rng_state(st: dict[str, Any]) -> None:
     random.setstate(st["python"])
     np.random.set_state(st["numpy"])
     torch.set_rng_state(st["torch"])
-    if "cuda" in st and torch.cuda.is_available():
+    if "cuda" in st and device_type() == "cuda":
         torch.cuda.set_rng_state(st["cuda"])
 
 

@@ -365,19 +365,22 @@ class StudentForDistill(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------- saving
-def save_hf_model(model: nn.Module, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None,
+def save_hf_model(model: nn.Module, out_dir: str | os.PathLike, tokenizer: str | os.PathLike | Any | None,
                   state_dict: dict[str, torch.Tensor] | None = None) -> None:
-    """save_pretrained (safetensors) + tokenizer into `out_dir`, written to a temp folder then renamed."""
+    """save_pretrained (safetensors) + tokenizer into `out_dir`, written to a temp folder then renamed, so a
+    crash never leaves a half-written model. `tokenizer`: a tokenizer folder, or a loaded tokenizer."""
     import shutil
 
     out = Path(out_dir)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-    if tokenizer_dir is not None:
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(tmp)
+    elif tokenizer is not None:
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(str(tokenizer)).save_pretrained(tmp)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

@@ -89,6 +89,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def device_type() -> str:
+    """"cuda" or "cpu": the one device decision of dstrain, the accelerator DeepSpeed will use.
+
+    DS_ACCELERATOR=cpu forces the CPU path even on a GPU host (the tests do this); no CUDA implies it. Every
+    place that picks a device, precision or ds_config default before the engine exists asks this, so what it
+    prepares matches the engine's device."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu" else "cpu"
+
+
 def init_distributed(timeout_minutes: float = 30.0) -> Dist:
     """Initialise torch.distributed through DeepSpeed, launched or not.
 
@@ -97,8 +108,7 @@ def init_distributed(timeout_minutes: float = 30.0) -> Dist:
     """
     import torch
 
-    # DS_ACCELERATOR=cpu forces the CPU path even on a GPU host (the tests do this); no CUDA implies it.
-    use_cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
+    use_cuda = device_type() == "cuda"
     if not use_cuda:
         os.environ["DS_ACCELERATOR"] = "cpu"
     if "RANK" not in os.environ and "SLURM_PROCID" in os.environ and "WORLD_SIZE" not in os.environ:

@@ -43,3 +43,21 @@ def test_torch_extensions_dir_set_by_the_user_wins(tmp_path):
     env = cpu_env(TORCH_EXTENSIONS_DIR=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(tmp_path)
+
+
+def test_device_type_honours_ds_accelerator_on_a_gpu_host(monkeypatch):
+    """On a GPU host with DS_ACCELERATOR=cpu the engine runs on CPU, so every device decision says cpu
+    (Trainer.prepare used to pick CUDA by torch.cuda.is_available() alone). The GPU host is simulated."""
+    import torch
+
+    from dstrain.runtime import device_type
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    assert device_type() == "cpu"
+    monkeypatch.delenv("DS_ACCELERATOR")
+    assert device_type() == "cuda"
+    monkeypatch.setenv("DS_ACCELERATOR", "cuda")
+    assert device_type() == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_type() == "cpu"

@@ -107,8 +107,10 @@ benchmark.config_class = BenchmarkConfig
 def _resolve_device(cfg: BenchmarkConfig) -> str:
     import torch
 
+    from dstrain.runtime import device_type
+
     if cfg.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return device_type()  # DS_ACCELERATOR=cpu on a GPU host: cpu, as the engine would
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible to torch; use --device cpu "
                         "(or check CUDA_VISIBLE_DEVICES and the driver)")

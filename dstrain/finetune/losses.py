@@ -10,16 +10,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dstrain.losses import kl_distill
+
 
 def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(softmax(t/T) || softmax(s/T)) * T^2, averaged over rows. logits: (N, C) -> scalar.
 
-    The T^2 keeps the gradient scale independent of T (Hinton et al. 2015).
+    The distillation loss of pre-training, `dstrain.losses.kl_distill`, on the N rows of a batch (its C
+    classes or span positions in place of the vocabulary).
     """
-    t = temperature
-    s_logp = F.log_softmax(student_logits.float() / t, dim=-1)
-    t_logp = F.log_softmax(teacher_logits.float() / t, dim=-1)
-    return F.kl_div(s_logp, t_logp, reduction="batchmean", log_target=True) * t * t
+    return kl_distill(student_logits, teacher_logits, temperature)
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:

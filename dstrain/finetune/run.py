@@ -20,18 +20,23 @@ import inspect
 import json
 import logging
 import math
-import os
 import random
 import re
-import shutil
 import statistics
 import time
 from pathlib import Path
 
-from dstrain.config import ConfigError, UserError, atomic_write_json, build_config, config_to_dict, opt, require
+# torch, transformers, deepspeed and what imports them (dstrain.engine, dstrain.models, .losses) stay inside the
+# functions: `finetune --help` loads none of them
+from dstrain.config import (ConfigError, UserError, atomic_write_json, atomic_write_text, build_config, config_to_dict,
+                            opt, require)
+from dstrain.families import check_model as check_family
 from dstrain.finetune import squad as squad_lib
 from dstrain.finetune.metrics import classification_metrics
 from dstrain.finetune.tasks import SQUAD_TASK, check_task_name, get_task, load_examples
+from dstrain.hf_io import has_tokenizer, load_pretrained, require_tokenizer
+from dstrain.outputs import check_out_dir, foreign_entries, lock_out_dir, read_marker, remove_owned
+from dstrain.runtime import derive_batch, init_distributed, load_ds_config, resolve_ds_config, setup_logging
 
 log = logging.getLogger("dstrain.finetune")
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -119,8 +124,6 @@ def _check_model_dir(path: str, setting: str, need_config: bool = True) -> None:
 def _load_tokenizer(path: str, setting: str):
     from transformers import AutoTokenizer
 
-    from dstrain.hf_io import require_tokenizer
-
     # a model folder without tokenizer files would "load" a 5-token tokenizer that maps every word to [UNK]
     require_tokenizer(path, setting, "Pass --tokenizer with the folder of the tokenizer the model was trained "
                                      "with (for a distill or pretrain run: its --data folder's tokenizer/)")
@@ -137,8 +140,6 @@ OWNED = ("config.json", "tb", "model", "predictions.json", "predictions.jsonl", 
 
 
 def _prepare_out_dir(cfg: FinetuneConfig) -> Path:
-    from dstrain.outputs import check_out_dir, foreign_entries
-
     out = Path(cfg.out_dir)
     marker = check_out_dir(out, "finetune", {"model": cfg.model, "teacher": cfg.teacher, "tokenizer": cfg.tokenizer,
                                              "data_dir": cfg.data_dir, "ds_config": cfg.ds_config})
@@ -208,23 +209,14 @@ def _set_seed(seed: int) -> None:
 
 
 def _make_optimizer(model, cfg: FinetuneConfig, total_steps: int):
-    """AdamW (no decay on biases and LayerNorm weights) and a linear warmup / linear decay schedule."""
+    """AdamW (no decay on biases and LayerNorm weights) and a linear warmup / linear decay schedule with
+    W = floor(warmup_ratio * total_steps) warmup steps."""
     import torch
 
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-    warmup = int(cfg.warmup_ratio * total_steps)
+    from dstrain.engine import adamw, linear_schedule
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+    factor = linear_schedule(total_steps, cfg.warmup_ratio, warmup_rounding="floor")
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -292,8 +284,6 @@ def load_model(cfg: FinetuneConfig, task):
     """The --model with a fresh head for the task (a span head for SQuAD)."""
     from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
-    from dstrain.hf_io import load_pretrained
-
     if task.kind == "span":
         return load_pretrained(AutoModelForQuestionAnswering, cfg.model, "model")
     extra = {"problem_type": "regression"} if task.kind == "regression" else {
@@ -320,8 +310,6 @@ def load_teacher(cfg: FinetuneConfig, task, tokenizer, model):
     """The --teacher of a second distillation step, checked against the task and the student `model`."""
     from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
-    from dstrain.hf_io import load_pretrained
-
     span = task.kind == "span"
     cls = AutoModelForQuestionAnswering if span else AutoModelForSequenceClassification
     teacher, info = load_pretrained(cls, cfg.teacher, "teacher", "a fine-tuned model", output_loading_info=True)
@@ -346,8 +334,9 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
+    from dstrain.engine import engine_ds_config, log_scalars, tb_writer
     from dstrain.finetune import losses
-    from dstrain.runtime import resolve_ds_config
+    from dstrain.models import save_hf_model
 
     _set_seed(seed)  # before loading: the fresh task head is initialised from this seed
     micro, accum, global_bs = batch
@@ -372,17 +361,13 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
     ds_cfg, precision = resolve_ds_config(ds_base, micro_batch_size_per_gpu=micro, grad_accum_steps=accum,
                                           global_batch_size=global_bs, precision=cfg.precision,
                                           device_type=dist.device.type, gradient_clipping=cfg.gradient_clipping)
+    engine_ds_config(ds_cfg, precision, skip_nonfinite_bf16=False)  # a non-finite loss stops finetune (below)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
     if teacher is not None and precision != "fp32":
         teacher.to(torch.bfloat16 if precision == "bf16" else torch.float16)
 
-    writer = None
     if dist.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
         if cfg.overwrite and seed == cfg.seed:  # the earlier run's files, checked to be ours in _prepare_out_dir
-            from dstrain.outputs import read_marker, remove_owned
-
             remove_owned(Path(cfg.out_dir), read_marker(Path(cfg.out_dir)), OWNED)
         run_dir.mkdir(parents=True, exist_ok=True)
         # All checks passed and output starts now: an old metrics.json (--overwrite) would make this
@@ -393,7 +378,7 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
                                                          micro_batch_size_per_gpu=micro, grad_accum_steps=accum,
                                                          global_batch_size=global_bs, precision=precision,
                                                          ds_config_resolved=ds_cfg))
-        writer = SummaryWriter(str(run_dir / "tb"))
+    writer = tb_writer(run_dir / "tb", dist.is_main)
     log.info("%s seed %d: %d train features, %d optimizer steps (%d epochs of %d), global batch %d, %s",
              task.name, seed, len(train_feats), total_steps, epochs, steps_per_epoch, global_bs, precision)
 
@@ -451,19 +436,14 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
             lr_used = scheduler.get_last_lr()[0]  # the schedule has moved on: this is the next step's lr
             if step % cfg.log_every == 0 or step == total_steps:
                 means = {k: v / n_micro for k, v in sums.items()}  # mean over the micro-batches since the last log
-                if writer:
-                    for k, v in means.items():
-                        writer.add_scalar(f"train/{k}", v, step)
-                    writer.add_scalar("train/lr", lr, step)
+                log_scalars(writer, {**{f"train/{k}": v for k, v in means.items()}, "train/lr": lr}, step)
                 log.info("step %d/%d loss %.4f lr %.2e", step, total_steps, means["loss"], lr)
                 sums, n_micro = {}, 0
             if step >= total_steps:
                 break
         last_eval = evaluate_now()
+        log_scalars(writer, {f"eval/{split}/{k}": v for split, m in last_eval[0].items() for k, v in m.items()}, step)
         if writer:
-            for split, m in last_eval[0].items():
-                for k, v in m.items():
-                    writer.add_scalar(f"eval/{split}/{k}", v, step)
             writer.flush()
         log.info("epoch %d step %d eval %s", epoch + 1, step, json.dumps(last_eval[0]))
         if step >= total_steps:
@@ -492,10 +472,8 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
                     if task.kind != "regression":
                         rec.update(label_name=task.labels[label], prediction_name=task.labels[pred])
                     lines.append(json.dumps(rec))
-            from dstrain.config import atomic_write_text
-
             atomic_write_text(run_dir / "predictions.jsonl", "\n".join(lines) + "\n")
-        _save_model(engine.module, tokenizer, run_dir / "model")
+        save_hf_model(engine.module, run_dir / "model", tokenizer)
         writer.close()
         atomic_write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a finished run
     if dist.world_size > 1:
@@ -511,8 +489,6 @@ def check_teacher(cfg: FinetuneConfig, task, info: dict, teacher, tokenizer) -> 
     """A second-step teacher must be fine-tuned (no weight left to random init) and read the student's token ids."""
     from transformers import AutoTokenizer
 
-    from dstrain.hf_io import has_tokenizer
-
     missing = sorted(info.get("missing_keys", ()))
     if missing:
         raise UserError(f"--teacher {cfg.teacher}: its checkpoint has no weights for {', '.join(missing[:4])}"
@@ -525,17 +501,6 @@ def check_teacher(cfg: FinetuneConfig, task, info: dict, teacher, tokenizer) -> 
             raise UserError(f"--teacher {cfg.teacher}: its tokenizer ({teacher.config.model_type}, {len(t_vocab)} "
                             f"tokens) is not the student's ({len(s_vocab)} tokens): it would read the student's token "
                             f"ids as other words. Pass a teacher fine-tuned from a model with the student's tokenizer")
-
-
-def _save_model(model, tokenizer, dest: Path) -> None:
-    """save_pretrained into dest.tmp-PID, then rename, so a crash never leaves a half-written model/."""
-    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
 
 
 def median_metrics(per_seed: list[dict]) -> dict:
@@ -580,19 +545,15 @@ def prepare_data(cfg: FinetuneConfig, task, tokenizer) -> dict:
 
 def finetune(**kwargs):
     """Fine-tune a model folder on a task and evaluate it with the task's official metric."""
-    from dstrain.outputs import lock_out_dir
-    from dstrain.runtime import derive_batch, init_distributed, load_ds_config, setup_logging
-
     cfg = build_config(FinetuneConfig, kwargs, command="finetune")
     task = get_task(cfg.task)
     _check_model_dir(cfg.model, "model")
     if cfg.teacher:
         _check_model_dir(cfg.teacher, "teacher")
-    from dstrain.families import check_model  # issue #16: unsupported families fail here, not in a traceback
-
-    check_model(cfg.model, "--model", causal=False)
+    # issue #16: unsupported families fail here, not in a traceback
+    check_family(cfg.model, "--model", causal=False)
     if cfg.teacher:
-        check_model(cfg.teacher, "--teacher", causal=False)
+        check_family(cfg.teacher, "--teacher", causal=False)
     if cfg.tokenizer:
         _check_model_dir(cfg.tokenizer, "tokenizer", need_config=False)
     out = _prepare_out_dir(cfg)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from dstrain.config import UserError, atomic_write_json
+from dstrain.runtime import device_type
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -70,19 +71,10 @@ def step_env(threads: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
                PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    if not _has_cuda():
+    if device_type() == "cpu":  # the steps run where this process would: DS_ACCELERATOR=cpu or no GPU
         env.setdefault("DS_ACCELERATOR", "cpu")
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
-
-
-def _has_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:  # pragma: no cover - torch is a hard dependency
-        return False
 
 
 def check_cache(steps: list[Step], run_dir: Path) -> dict[str, str]:

@@ -24,19 +24,40 @@ ranks agree to stop at the same step boundary.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed import distributed_c10d as c10d
+from tqdm import tqdm
 
+# transformers and deepspeed stay inside the functions: `distill --help` loads neither
+from dstrain.checkpoint import (Checkpointer, check_resume_compatible, nonfinite_params, on_rank0, rng_state,
+                                set_rng_state)
 from dstrain.config import UserError, atomic_write_json, atomic_write_text, build_config, config_to_dict, opt, require
+from dstrain.data import ShardSet, build_eval_loader, build_loader
+from dstrain.data.causal import batch_labeler  # next-token labels on causal-LM block shards, else masking
+from dstrain.engine import adamw, engine_ds_config, linear_schedule, log_scalars, tb_writer
+from dstrain.families import check_shards_match, family_of  # masked or causal LM by the teacher's family
+from dstrain.flops import StepFlops, peak_flops
+from dstrain.hf_io import has_tokenizer
+from dstrain.losses import IGNORE_INDEX, mlm_accuracy, mlm_ce
+from dstrain.models import (StudentForDistill, build_bert, build_student, load_teacher, mlm_forward, save_hf_model,
+                            teacher_fingerprint)
+from dstrain.outputs import check_out_dir, lock_out_dir
+from dstrain.recipe import apply_recipe, parse_dropout
+from dstrain.runtime import derive_batch, init_distributed, load_ds_config, resolve_ds_config, setup_logging
+from dstrain.runtime import device_type as runtime_device_type
+from dstrain.train.step import PRETRAIN_LOSS, LossSettings, compile_encoders, micro_step, resolve_compile
 
 log = logging.getLogger("dstrain")
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -87,8 +108,6 @@ class TrainConfig:
     continue_finished: bool = opt(False, "train a finished run further to a larger --max_steps (replaces its student/ and metrics.json)")
 
     def validate(self) -> None:
-        from dstrain.recipe import apply_recipe
-
         apply_recipe(self, getattr(self, "recipe", "dstrain"))  # fills the recipe settings not given
         # Fire passes a bare `--resume` as True, which arrives here as "True"
         self.resume = str(self.resume).lower()
@@ -149,7 +168,6 @@ class DistillConfig(TrainConfig):
                 "every loss weight is 0; set at least one of --alpha_ce, --alpha_mlm, --alpha_cos > 0")
         require(self.student_init in ("teacher", "random"), "student_init", "must be teacher or random")
         require(self.student_layers >= 0, "student_layers", "must be >= 0 (0 = half the teacher)")
-        from dstrain.recipe import parse_dropout
 
         parse_dropout(self.student_dropout)
 
@@ -175,40 +193,6 @@ class PretrainConfig(TrainConfig):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def lr_lambda(max_steps: int, warmup_frac: float, style: str = "dstrain"):
-    """Multiplier of the peak LR at optimizer step s (0-based).
-
-    style "dstrain": W = round(warmup_frac * max_steps), T = max_steps
-        s < W:  (s + 1) / W              linear warmup, reaching the peak at s = W - 1
-        s >= W: (T - s) / (T - W)        linear decay to 0 at max_steps
-    style "reference": transformers' get_linear_schedule_with_warmup(W, T) as the reference's distiller.py
-    calls it: T = max_steps + 1 (its step count plus one), W = ceil(warmup_frac * T)
-        s < W:  s / W                    the first step runs at lr 0 (one step behind "dstrain")
-        s >= W: max(0, (T - s) / (T - W))
-    """
-    if style == "reference":
-        t = max_steps + 1
-        w = math.ceil(warmup_frac * t)
-        return lambda s: s / max(1, w) if s < w else max(0.0, (t - s) / max(1, t - w))
-    w = int(round(warmup_frac * max_steps))
-
-    def f(s: int) -> float:
-        if s < w:
-            return (s + 1) / w
-        return max(0.0, (max_steps - s) / max(1, max_steps - w))
-
-    return f
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no decay on biases and LayerNorm weights (1-D tensors)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def _resolve_path(p: str) -> str:
     """Shipped files (ds_configs/...) work from any working directory."""
     if not Path(p).exists() and (ROOT / p).exists():
@@ -226,8 +210,6 @@ def tokenizer_fingerprint(tokenizer_dir: Path) -> str:
 def check_teacher_vocab(teacher_name: str, teacher_cfg: Any, shards: Any) -> None:
     """The teacher must have been trained on the shards' tokenizer: same vocabulary and special ids."""
     from transformers import AutoTokenizer
-
-    from dstrain.hf_io import has_tokenizer
 
     info = shards.tokenizer_info
     v = int(info["vocab_size"])
@@ -354,9 +336,6 @@ def _default_group_timeout(minutes: float) -> None:
     its own groups (ZeRO's gradient reduction runs in one) with torch's default timeout, 30 minutes, whatever
     the world group has: a stuck rank then held the others for 30 minutes instead of --dist_timeout_minutes
     (tests/faults/test_signals.py). torch reads these module defaults each time a group is made."""
-    import datetime
-
-    from torch.distributed import distributed_c10d as c10d
 
     c10d.default_pg_timeout = datetime.timedelta(minutes=minutes)
     if hasattr(c10d, "default_pg_nccl_timeout"):
@@ -386,18 +365,12 @@ class Trainer:
     def prepare(self) -> None:
         """Every input check a user can fail: DeepSpeed file, batch arithmetic, shards, teacher, vocabulary,
         resume. Runs before the process group is created, so a bad flag costs seconds and writes nothing."""
-        from dstrain.checkpoint import Checkpointer
-        from dstrain.data import ShardSet
-        from dstrain.models import build_bert, build_student, load_teacher, teacher_fingerprint
-        from dstrain.outputs import check_out_dir
-        from dstrain.runtime import derive_batch, load_ds_config, resolve_ds_config
-        from dstrain.train.step import PRETRAIN_LOSS, LossSettings
 
         cfg = self.cfg
         check_out_dir(self.out, self.mode, {"data": cfg.data, "ds_config": _resolve_path(cfg.ds_config),
                                             "teacher": getattr(cfg, "teacher", None)})
         world, rank = _world_from_env()
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        device_type = runtime_device_type()  # DS_ACCELERATOR=cpu on a GPU host: CPU, as the engine will be
         ds_file = load_ds_config(_resolve_path(cfg.ds_config))
         micro = cfg.micro_batch_size_per_gpu
         if micro is None and cfg.global_batch_size is None:
@@ -407,11 +380,7 @@ class Trainer:
             ds_file, micro_batch_size_per_gpu=m, grad_accum_steps=a, global_batch_size=g, precision=cfg.precision,
             device_type=device_type, gradient_clipping=cfg.grad_clip)
         self.micro, self.accum, self.global_batch = m, a, g
-        # a torch AdamW handed to ZeRO: DeepSpeed calls this "untested" but it is the plain optimizer
-        self.ds_cfg["zero_allow_untested_optimizer"] = True
-        self.ds_cfg.setdefault("steps_per_print", 10**9)  # our own logging; DeepSpeed's would interleave
-        if self.precision == "bf16":
-            self.ds_cfg["bf16"].setdefault("check_grad_overflow", True)  # skip, don't apply, NaN/inf gradients
+        engine_ds_config(self.ds_cfg, self.precision)
 
         self.shards = ShardSet.open(cfg.data, "train", strict=cfg.strict_data)
         self.val_shards = ShardSet.open(cfg.data, "val", strict=cfg.strict_data)
@@ -430,12 +399,10 @@ class Trainer:
                 raise UserError(f"--teacher {cfg.teacher} has {self.teacher.config.max_position_embeddings} positions "
                                 f"but the shards hold sequences of up to {need_pos} tokens; rebuild the shards with "
                                 f"--max_seq_len {self.teacher.config.max_position_embeddings}")
-            from dstrain.recipe import parse_dropout
 
             student, self.layer_map = build_student(self.teacher, self.teacher.config, cfg.student_layers or None,
                                                     cfg.layer_map, cfg.student_init, cfg.seed,
                                                     cfg.copy_vocab_transform, parse_dropout(cfg.student_dropout))
-            from dstrain.families import check_shards_match  # masked or causal LM by the teacher's family
 
             fam = check_shards_match(self.teacher.config, self.shards, cfg)
             self.loss = LossSettings(cfg.alpha_ce, cfg.alpha_clm if fam.causal else cfg.alpha_mlm, cfg.alpha_cos,
@@ -469,11 +436,6 @@ class Trainer:
     def setup(self) -> None:
         import deepspeed
 
-        from dstrain.data import build_eval_loader, build_loader
-        from dstrain.models import StudentForDistill
-        from dstrain.outputs import lock_out_dir
-        from dstrain.runtime import init_distributed, setup_logging
-
         cfg = self.cfg
         self.dist = dist = init_distributed(cfg.dist_timeout_minutes)
         _default_group_timeout(cfg.dist_timeout_minutes)
@@ -481,8 +443,6 @@ class Trainer:
         self.lock = lock_out_dir(self.out, self.mode, dist.rank, dist.world_size)  # one run per out_dir
         self.device = dist.device
         self.resume_tag = self.ckpt.find_resume() if cfg.resume != "false" else None
-
-        from dstrain.data.causal import batch_labeler  # next-token labels on causal-LM block shards, else masking
 
         masker = batch_labeler(self.shards, cfg.mlm_probability, cfg.mlm_smoothing, count=cfg.mask_count)
         cuda = self.device.type == "cuda"
@@ -498,11 +458,9 @@ class Trainer:
                                              world_size=dist.world_size, seed=cfg.seed, masker=eval_masker)
 
         # client optimizer + schedule factory: DeepSpeed steps the schedule only on applied (non-skipped) steps
-        opt_ = torch.optim.AdamW(param_groups(self.student, cfg.weight_decay), lr=cfg.lr,
-                                 betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
-                                 fused=self.device.type == "cuda")
-        sched = lambda o: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(cfg.max_steps, cfg.warmup_frac, cfg.warmup_style))  # noqa: E731
-        from dstrain.train.step import compile_encoders, resolve_compile
+        opt_ = adamw(self.student, cfg.lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps,
+                     fused=self.device.type == "cuda")
+        sched = lambda o: torch.optim.lr_scheduler.LambdaLR(o, linear_schedule(cfg.max_steps, cfg.warmup_frac, cfg.warmup_style))  # noqa: E731
 
         stage = int(self.ds_cfg.get("zero_optimization", {}).get("stage", 0))
         self.compiled = resolve_compile(cfg.compile, self.device.type, stage)
@@ -520,8 +478,6 @@ class Trainer:
                 "teacher_metrics": self.teacher_metrics, "loss_terms": self.loss_terms}
 
     def _rank_state(self) -> dict[str, Any]:
-        from dstrain.checkpoint import rng_state
-
         return {"rng": rng_state(), "loader": self.loader.state_dict()}
 
     def save(self, step: int, tag: str | None = None, update_latest: bool = True) -> Path:
@@ -536,7 +492,6 @@ class Trainer:
 
     def _nonfinite_weights(self) -> str | None:
         """Collective. Which student weights hold NaN/inf (on any rank), for the message; None if all are finite."""
-        from dstrain.checkpoint import nonfinite_params
 
         bad = nonfinite_params(self.engine.module)
         n = torch.tensor([float(len(bad))])
@@ -551,9 +506,6 @@ class Trainer:
         """Collective. "finished" when this launch repeats a finished run (said, nothing written); when it
         continues one on purpose, the finished run's metrics.json and student/ are removed first, so that an
         interrupted continuation is never taken for finished and config.json always describes student/."""
-        import shutil
-
-        from dstrain.checkpoint import on_rank0
 
         what = on_rank0(lambda: finished_decision(self.cfg, self.resolved, self.out))
         if what == "finished":
@@ -573,8 +525,6 @@ class Trainer:
         return what
 
     def restore(self) -> None:
-        from dstrain.checkpoint import check_resume_compatible, set_rng_state
-
         meta, rs = self.ckpt.load(self.engine, self.resume_tag)
         cur = {"teacher_fingerprint": self.teacher_fp, "tokenizer_fingerprint": self.tok_fp,
                "config_hash": self.config_hash, "config": config_to_dict(self.cfg)}
@@ -591,11 +541,8 @@ class Trainer:
         """Endless micro-batches. The loader moves to the next epoch (new shuffle) by itself and remembers
         its position in `state_dict()`, so a resumed run continues after the last consumed batch."""
         while True:
-            it = iter(self.loader)
-            # Creating a DataLoader iterator draws a seed from the global torch RNG. A resumed run creates
-            # one mid-epoch, an uninterrupted one does not, so keep that draw out of the dropout stream.
-            with torch.random.fork_rng(devices=[]):
-                first = next(it, None)
+            it = iter(self.loader)  # leaves the global torch RNG (dropout) alone: tests/data/test_loader.py
+            first = next(it, None)
             if first is None:
                 raise UserError(f"--data {self.cfg.data}: the train split yields no batch of "
                                 f"{self.micro} sequences per rank; lower --micro_batch_size_per_gpu")
@@ -608,7 +555,6 @@ class Trainer:
         """Held-out MLM (loss, accuracy) over the same masked val batches on every call.
 
         Every rank runs the same number of batches (ZeRO-3 gathers weights collectively)."""
-        from dstrain.losses import IGNORE_INDEX, mlm_accuracy, mlm_ce
 
         n_local = len(self.eval_loader)
         n = torch.tensor([min(self.cfg.eval_batches, n_local)], device=self.device)
@@ -639,10 +585,6 @@ class Trainer:
 
     # -------------------------------------------------------------- loop
     def run(self) -> dict[str, Any]:
-        from dstrain.models import mlm_forward, save_hf_model
-        from dstrain.train.step import micro_step
-        from dstrain.flops import StepFlops, peak_flops
-
         cfg, dist, engine = self.cfg, self.dist, self.engine
         self.consecutive_bad, self.samples_seen, self.tokens_seen = 0, 0, 0
         self.teacher_metrics, self.loss_terms = {}, {}
@@ -657,11 +599,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / "config.json", self.resolved)
             (self.out / "PREEMPTED").unlink(missing_ok=True)
-        writer = None
-        if dist.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(self.out / "tb"), purge_step=start + 1 if start else None)  # drop events logged after the checkpoint
+        # drop the events logged after the checkpoint
+        writer = tb_writer(self.out / "tb", dist.is_main, purge_step=start + 1 if start else None)
         preempt = self.preempt
         # fault injection for the tests (tests/train, tests/faults): see docs/FAULTS.md
         nan_from = int(os.environ.get("DSTRAIN_FAULT_NAN_FROM_STEP", "-1"))
@@ -677,7 +616,6 @@ class Trainer:
         metrics: dict[str, Any] = dict(self.teacher_metrics)
         bar = None
         if dist.is_main and cfg.progress:
-            from tqdm import tqdm
 
             bar = tqdm(total=cfg.max_steps, initial=start, desc=self.mode, dynamic_ncols=True, mininterval=2.0)
             self._bar = bar
@@ -696,7 +634,7 @@ class Trainer:
         batches = self._batches()
         # resumed at its last step (stopped between the final save and the export): nothing to save again
         step, last_saved, stop_reason = start, (self.ckpt.root / self.resume_tag if self.resume_tag else None), "max_steps"
-        window_t, window_tokens, window_samples, window_steps = time.time(), 0.0, 0.0, 0
+        window_t, window_tokens, window_samples = time.time(), 0.0, 0.0
         bad_first = None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -755,7 +693,6 @@ class Trainer:
                 self.consecutive_bad = 0
             window_tokens += step_tokens
             window_samples += self.global_batch
-            window_steps += 1
 
             if writer and log_now:
                 dt = max(time.time() - window_t, 1e-9)
@@ -772,12 +709,8 @@ class Trainer:
                     s["perf/peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
                     if peak:
                         s["perf/mfu"] = win_flops / dt / peak
-                for k, v in s.items():
-                    if v is not None and math.isfinite(v):
-                        writer.add_scalar(k, v, step)
-                    elif v is not None:
-                        writer.add_scalar(k, float("nan"), step)
-                window_t, window_tokens, window_samples, window_steps = time.time(), 0.0, 0.0, 0
+                log_scalars(writer, s, step)
+                window_t, window_tokens, window_samples = time.time(), 0.0, 0.0
             if log_now:
                 win_flops = 0.0
             if bar is not None:
@@ -821,7 +754,6 @@ class Trainer:
         if writer:
             writer.close()
         if dist.is_main:
-            from dstrain.families import family_of  # issue #16: AutoModelForCausalLM for GPT-2
 
             sd = _export_state_dict(engine, self.ckpt.root, last_saved.name)
             bad = sorted(k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all())
@@ -916,23 +848,18 @@ def _train(cfg: TrainConfig, mode: str, preempt: Preemption) -> dict[str, Any]:
         preempt.ignore()  # stopping now: a late signal must not kill this rank on its way out
 
 
-def distill(**kwargs) -> dict[str, Any]:
+def distill(**kwargs) -> None:
     """Distil --teacher into a student with half its layers (DistilBERT recipe) on --data shards."""
     preempt = Preemption()  # first thing: see Preemption
     cfg = build_config(DistillConfig, kwargs, "distill")
-    return _summary(_train(cfg, "distill", preempt))
+    _train(cfg, "distill", preempt)  # returns nothing: Fire would print a returned dict on every rank
 
 
-def pretrain(**kwargs) -> dict[str, Any]:
+def pretrain(**kwargs) -> None:
     """Train a BertForMaskedLM from scratch (MLM only) on --data shards; the paper's no-distillation baseline."""
     preempt = Preemption()
     cfg = build_config(PretrainConfig, kwargs, "pretrain")
-    return _summary(_train(cfg, "pretrain", preempt))
-
-
-def _summary(result: dict[str, Any]) -> None:
-    # Fire would print a returned dict on every rank; log it once instead
-    return None
+    _train(cfg, "pretrain", preempt)
 
 
 distill.config_class = DistillConfig

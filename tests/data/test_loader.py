@@ -160,3 +160,29 @@ def test_eval_loader_pads_a_short_rank_with_ignored_rows(tmp_path, tiny_tokenize
     assert len(out[0]) == len(out[1]) == len(out[2]) == -(-v.num_samples // 3)
     assert (out[2][-1]["labels"] == IGNORE_INDEX).all()  # the filler row adds nothing to the loss
     assert (out[0][-1]["labels"] != IGNORE_INDEX).any()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_iterating_leaves_the_global_torch_rng_alone(tiny_shards_dir, workers):
+    """The trainer's dropout draws from the global torch RNG. Creating the loader's iterator (fresh or
+    restored mid-epoch, as a resumed run does) and fetching batches, masks included, must not draw from it,
+    or a resumed run's dropout would differ from an uninterrupted one's."""
+    from dstrain.data.causal import batch_labeler
+
+    s = ShardSet.open(tiny_shards_dir)
+    mk = lambda: build_loader(s, micro_batch_size=8, rank=0, world_size=1, num_workers=workers, seed=5,  # noqa: E731
+                              masker=batch_labeler(s, 0.15, 0.7))  # as Trainer.setup builds it
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = mk()
+    it = iter(a)
+    for _ in range(3):
+        next(it)
+    sd = a.state_dict()
+    it.close()
+    b = mk()
+    b.load_state_dict(sd)
+    it = iter(b)  # mid-epoch, as after a resume
+    next(it)
+    it.close()
+    assert torch.equal(torch.get_rng_state(), before)

@@ -104,3 +104,21 @@ def test_cli_prints_the_error_and_exits_2(base):
     assert "dstrain: error: --teacher /nonexistent/teacher: cannot load" in proc.stderr
     assert "Traceback" not in proc.stderr
     _nothing_written(base)
+
+
+def test_prepare_on_a_gpu_host_with_ds_accelerator_cpu_prepares_for_cpu(base, monkeypatch):
+    """DS_ACCELERATOR=cpu on a GPU host (simulated): the engine will run on CPU, so prepare resolves the CPU
+    precision (fp16 -> bf16) and loads the teacher on the CPU in fp32, as it does without a GPU."""
+    import torch
+
+    from dstrain.config import build_config
+    from dstrain.train.run import DistillConfig, Trainer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    t = Trainer(build_config(DistillConfig, dict(base, precision="fp16"), "distill"), "distill")
+    t.prepare()
+    assert t.precision == "bf16" and t.ds_cfg["bf16"]["enabled"] and not t.ds_cfg.get("fp16", {}).get("enabled")
+    w = next(t.teacher.parameters())
+    assert (w.device.type, w.dtype) == ("cpu", torch.float32)
+    _nothing_written(base)

@@ -16,7 +16,8 @@ from transformers import BertConfig, BertForMaskedLM, DistilBertForMaskedLM, Rob
 
 from dstrain.config import ConfigError, build_config
 from dstrain.models import build_student, mlm_forward, student_config_from_teacher
-from dstrain.train.run import DistillConfig, PretrainConfig, lr_lambda
+from dstrain.engine import linear_schedule
+from dstrain.train.run import DistillConfig, PretrainConfig
 from tests.launch import run_cli
 
 BASE = dict(data="shards", out_dir="run", teacher="t")
@@ -143,9 +144,9 @@ def test_reference_warmup_is_transformers_linear_schedule(max_steps, frac):
 
     t = max_steps + 1
     ref = lrs(lambda o: get_linear_schedule_with_warmup(o, num_warmup_steps=math.ceil(t * frac), num_training_steps=t))
-    ours = lrs(lambda o: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(max_steps, frac, "reference")))
+    ours = lrs(lambda o: torch.optim.lr_scheduler.LambdaLR(o, linear_schedule(max_steps, frac, "reference")))
     assert ours == pytest.approx(ref, rel=1e-12, abs=0)
-    default = lrs(lambda o: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(max_steps, frac)))
+    default = lrs(lambda o: torch.optim.lr_scheduler.LambdaLR(o, linear_schedule(max_steps, frac)))
     if frac > 0:
         assert ref[0] == 0.0 and default[0] > 0  # the reference's first step does not move the weights
         w = round(frac * max_steps)
