@@ -27,7 +27,7 @@ log = logging.getLogger("dstrain")
 class InitStudentConfig:
     """Write a student initialised from a teacher, without training, to inspect it."""
 
-    teacher: str = opt(None, "teacher: a save_pretrained folder or a cached Hugging Face name (BERT or RoBERTa family)")
+    teacher: str = opt(None, "teacher: a save_pretrained folder or a cached Hugging Face name (a family of docs/FAMILIES.md)")
     out_dir: str = opt(None, "folder to write the student to (config, safetensors, tokenizer)")
     student_layers: int = opt(0, "student depth; 0 = half the teacher's layers")
     recipe: str = opt("dstrain", "defaults of layer_map, copy_vocab_transform, student_dropout: dstrain or reference")

@@ -140,7 +140,7 @@ class TrainConfig:
 class DistillConfig(TrainConfig):
     """`distill`: a student from --teacher trained with the triple loss."""
 
-    teacher: str = opt(None, "teacher masked-LM: save_pretrained folder or cached HF name (BERT or RoBERTa family)")
+    teacher: str = opt(None, "teacher masked-LM: save_pretrained folder or cached HF name (a family of docs/FAMILIES.md)")
     recipe: str = opt("dstrain", "defaults of mask_count, copy_vocab_transform, student_dropout, warmup_style and "
                       "layer_map: dstrain, or reference (the reference code's choices); explicit flags win")
     student_layers: int = opt(0, "student depth; 0 = half the teacher's layers")

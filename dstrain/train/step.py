@@ -1,7 +1,7 @@
 """One micro-step of distillation (or MLM pretraining): teacher forward -> student forward -> fused losses.
 
-Shared by the trainer (`dstrain/train/run.py`) and the throughput measurement
-(`dstrain/train/throughput.py`) so the benchmark times exactly what training runs.
+Shared by the trainer (`dstrain/train/run.py`) and the training-throughput benchmark
+(`dstrain/train/throughput.py`, FLOPs from `dstrain/flops.py`) so the benchmark times exactly what training runs.
 
 No host synchronisation happens between the batch's arrival and the end of backward
 (tests/train/test_step_sync.py traces every op): the rows each term uses come from the collate
