@@ -26,7 +26,6 @@ A rerun into a complete folder with the same settings does nothing; a folder lef
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import itertools
 import json
