@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from dstrain.engine import engine_ds_config, linear_schedule, log_scalars, param_groups, tb_writer
 
