@@ -87,6 +87,9 @@ def test_resume_true_with_nothing_and_bad_flags(base):
     with pytest.raises(ConfigError, match=r"--alpah_ce \(did you mean --alpha_ce\?\)"):
         distill(**dict(base, alpah_ce=1.0))
     with pytest.raises(ConfigError, match="every loss weight is 0"):
+        distill(**dict(base, alpha_ce=0, alpha_mlm=0, alpha_cos=0, alpha_clm=0))
+    # the LM weight that applies depends on the teacher's family: a BERT teacher ignores --alpha_clm
+    with pytest.raises(UserError, match="--alpha_ce, --alpha_mlm and --alpha_cos are all 0"):
         distill(**dict(base, alpha_ce=0, alpha_mlm=0, alpha_cos=0))
     with pytest.raises(ConfigError, match="--num_heads: must divide --hidden_size 32"):
         pretrain(data=base["data"], out_dir=base["out_dir"], hidden_size=32, num_heads=5)
