@@ -85,6 +85,16 @@ def test_case10_another_tokenizer_is_refused(tmp_path, tiny_teacher_dir, tiny_sh
     a, b = [t for t, i in sorted(vocab.items(), key=lambda x: x[1]) if i > 100][:2]
     for d in (shards / "tokenizer", teacher):
         _swap_tokens(d, a, b)
+    # the manifest's own fingerprint would catch a tokenizer replaced under it (tests/faults/test_inputs.py); here
+    # the folder is made consistent again, as a rebuild with the other tokenizer would be: only the checkpoint can tell
+    from dstrain.hf_io import vocab_fingerprint
+
+    manifest = json.loads((shards / "manifest.json").read_text())
+    from tokenizers import Tokenizer
+
+    swapped = Tokenizer.from_file(str(shards / "tokenizer" / "tokenizer.json")).get_vocab(with_added_tokens=True)
+    manifest["tokenizer"]["vocab_fingerprint"] = vocab_fingerprint(swapped)
+    (shards / "manifest.json").write_text(json.dumps(manifest))
     before = _snapshot(out)
     job = run_job(args, tmp_path / "log2.txt", expect_rc=2)
     log = job.output()
