@@ -124,6 +124,9 @@ def check_out_dir(out: str | os.PathLike, command: str, inputs: Mapping[str, Any
     if out.exists() and not out.is_dir():
         raise UserError(f"--{setting} {out}: exists and is a file, not a folder; choose a folder path")
     check_not_inputs(out, inputs or {}, setting)
+    holder = _busy(out)
+    if holder is not None:  # first: a run that is writing the folder leaves half-written files in it
+        raise UserError(_busy_message(out, holder, setting))
     marker = None
     if out.is_dir() and _entries(out):
         marker = read_marker(out)
@@ -238,9 +241,7 @@ class RunLock:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 f.close()
-                raise UserError(f"--{setting} {out}: another run is writing this folder ({_describe(_holder(path))}). "
-                                f"One run per folder: wait for it to end, stop it, or choose another "
-                                f"--{setting}") from None
+                raise UserError(_busy_message(out, _holder(path), setting)) from None
             except OSError as e:
                 if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                     raise
@@ -310,6 +311,30 @@ class RunLock:
 def _release_all() -> None:  # interpreter exit without a kill: leave no lock file behind
     for lock in list(RunLock._held.values()):
         lock.release()
+
+
+def _busy_message(out: Path, holder: dict[str, Any], setting: str) -> str:
+    return (f"--{setting} {out}: another run is writing this folder ({_describe(holder)}). One run per folder: "
+            f"wait for it to end, stop it, or choose another --{setting}")
+
+
+def _busy(out: Path) -> dict[str, Any] | None:
+    """The holder of `out`'s lock when another live run holds it, else None. Only probes: takes nothing."""
+    path = out / LOCK
+    if not path.is_file() or str(out.resolve()) in RunLock._held:
+        return None
+    try:
+        with open(path) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _holder(path)
+            except OSError:
+                return None  # a filesystem without flock: RunLock.acquire's fallback decides
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError:
+        return None
+    return None
 
 
 def _holder(path: Path) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def _holder_script(out: Path, command: str) -> list[str]:
 def test_lock_names_its_holder_and_a_dead_holder_is_taken_over(tmp_path, caplog):
     """Real processes: a live holder refuses a second writer; one killed with SIGKILL (no clean-up) leaves a
     lock file that the next run takes over, saying so."""
-    from dstrain.outputs import LOCK, RunLock
+    from dstrain.outputs import LOCK, RunLock, check_out_dir
 
     out = tmp_path / "run"
     holder = subprocess.Popen(_holder_script(out, "pretrain"), cwd=ROOT, env=cpu_env(PYTHONPATH=str(ROOT)),
@@ -106,6 +106,12 @@ def test_lock_names_its_holder_and_a_dead_holder_is_taken_over(tmp_path, caplog)
         with pytest.raises(UserError, match=rf"--out_dir .*run: another run is writing this folder \(`pretrain` pid "
                                             rf"{holder.pid} on host {os.uname().nodename}, started .*\)\. One run per folder"):
             RunLock.acquire(out, "pretrain")
+        # the folder checks made before the lock name the writer too, not the half-written files it has open
+        # (seen in CI: a second launch called the holder's `.dstrain.json.tmp-PID` a foreign file)
+        (out / f".dstrain.json.tmp-{holder.pid}").write_text("{")
+        with pytest.raises(UserError, match=rf"another run is writing this folder \(`pretrain` pid {holder.pid}"):
+            check_out_dir(out, "pretrain")
+        (out / f".dstrain.json.tmp-{holder.pid}").unlink()
     finally:
         holder.kill()
         holder.wait()
