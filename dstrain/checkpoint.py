@@ -20,6 +20,8 @@ writes the shared files. Assumes a shared filesystem.
 
 Hashing costs one read of the checkpoint at save and one at resume (rank 0); a folder verified by this
 process and unchanged since (same sizes and mtimes) is not hashed again (keep-last-K checks every save).
+
+`export_student` turns the final checkpoint into the run's `student/` (a Hugging Face model folder).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ import numpy as np
 import torch
 
 from dstrain.config import UserError, atomic_write_json, atomic_write_text
+from dstrain.families import family_of
+from dstrain.models import save_hf_model
 from dstrain.runtime import device_type
 
 log = logging.getLogger("dstrain")
@@ -260,6 +264,10 @@ class Checkpointer:
                 f"from scratch.")
         return chosen
 
+    def has_complete(self) -> bool:
+        """Cheap (no hashing, any rank, before the process group): some checkpoint has its COMPLETE marker."""
+        return self.root.is_dir() and any(TAG_RE.match(p.name) and (p / MARKER).is_file() for p in self.root.iterdir())
+
     def has_any(self) -> bool:
         return self.root.is_dir() and any(TAG_RE.match(p.name) for p in self.root.iterdir())
 
@@ -297,3 +305,34 @@ def check_resume_compatible(meta: dict[str, Any], current: dict[str, Any], where
         old, new = meta.get("config", {}), current.get("config", {})
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         log.warning("resuming %s with changed settings: %s", where, ", ".join(changed) or "(unknown)")
+
+
+# ------------------------------------------------------------------ export
+def _export_state_dict(engine, ckpt_root: Path, tag: str) -> dict[str, torch.Tensor]:
+    """fp32 weights of the student (rank 0): from the ZeRO partitions of the final checkpoint."""
+    if engine.zero_optimization_stage() >= 1:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_root), tag=tag)
+    else:
+        sd = {k: v.float() for k, v in engine.module.state_dict().items()}
+    return {k[len("model."):] if k.startswith("model.") else k: v for k, v in sd.items()}
+
+
+def export_student(engine: Any, ckpt_root: Path, tag: str, student_config: Any, out_dir: Path,
+                   tokenizer_dir: Path) -> None:
+    """Rank 0: write the student of checkpoint `tag` as a Hugging Face model (+ the shards' tokenizer) into
+    `out_dir`, loadable with `AutoModelForMaskedLM` (or the family's class). Refuses non-finite weights:
+    the checkpoint check stops such a run first, this is the last line of defence."""
+    sd = _export_state_dict(engine, ckpt_root, tag)
+    bad = sorted(k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise UserError(f"not exporting {out_dir}: {len(bad)} weight tensors of {ckpt_root / tag} hold NaN/inf "
+                        f"({', '.join(bad[:3])})")
+    model = family_of(student_config, "--teacher").auto_class().from_config(student_config)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    tied = ("vocab_projector.weight", "decoder.weight", "lm_head.weight")
+    if unexpected or [k for k in missing if not k.endswith(tied)]:
+        raise RuntimeError(f"export: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    save_hf_model(model, out_dir, tokenizer_dir)

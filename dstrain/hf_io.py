@@ -61,3 +61,10 @@ def vocab_fingerprint(vocab: dict[str, int]) -> str:
     import json
 
     return hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer_dir: str | os.PathLike) -> str:
+    """vocab_fingerprint of the tokenizer saved in `tokenizer_dir` (checkpoints carry the shards' one)."""
+    from transformers import AutoTokenizer
+
+    return vocab_fingerprint(AutoTokenizer.from_pretrained(str(tokenizer_dir)).get_vocab())

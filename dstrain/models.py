@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from dstrain.config import UserError
+from dstrain.hf_io import has_tokenizer, load_pretrained
 
 log = logging.getLogger("dstrain")
 
@@ -49,7 +50,6 @@ def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device: 
     """
     from dstrain.families import check_model
 
-    from dstrain.hf_io import load_pretrained
 
     fam = check_model(name_or_path, "--teacher")  # a supported family, or a UserError naming them
     teacher = load_pretrained(fam.auto_class(), name_or_path, "teacher", "a causal LM" if fam.causal else "a masked-LM",
@@ -58,6 +58,47 @@ def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device: 
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
+
+
+def check_teacher_vocab(teacher_name: str, teacher_cfg: Any, shards: Any) -> None:
+    """The teacher must have been trained on the shards' tokenizer: same vocabulary and special ids."""
+    from transformers import AutoTokenizer
+
+    info = shards.tokenizer_info
+    v = int(info["vocab_size"])
+    # A folder without tokenizer files "loads" a 5-token tokenizer: never compare with it, never advise it.
+    has_tok = has_tokenizer(teacher_name)
+    rebuild = (f"Rebuild the shards with the teacher's tokenizer (data_prep/build_shards.py --tokenizer {teacher_name})"
+               if has_tok else f"{teacher_name} has no tokenizer files: save the tokenizer the teacher was trained "
+               f"with into it (tokenizer.save_pretrained), then rebuild the shards with that tokenizer")
+    if teacher_cfg.vocab_size < v:
+        raise UserError(
+            f"--teacher {teacher_name} has a vocabulary of {teacher_cfg.vocab_size} ids but the shards in "
+            f"{shards.root} use {v}: they were tokenized with another tokenizer. {rebuild}, or pick the matching teacher.")
+    t_tok = None
+    if has_tok:
+        try:
+            t_tok = AutoTokenizer.from_pretrained(teacher_name)
+        except (OSError, ValueError, KeyError):
+            t_tok = None
+    if t_tok is None:
+        if teacher_cfg.vocab_size != v:
+            raise UserError(f"--teacher {teacher_name} has no usable tokenizer and {teacher_cfg.vocab_size} vocabulary "
+                            f"ids, the shards' tokenizer has {v}, so they cannot match. {rebuild}")
+        log.warning("--teacher %s has no tokenizer files; only the vocabulary size (%d) could be checked", teacher_name, v)
+        return
+    s_tok = AutoTokenizer.from_pretrained(str(shards.tokenizer_dir))
+    tv, sv = t_tok.get_vocab(), s_tok.get_vocab()
+    if tv != sv:
+        diff = sorted(set(tv.items()) ^ set(sv.items()))[:3]
+        raise UserError(
+            f"--teacher {teacher_name}: its tokenizer ({len(tv)} tokens) differs from the one the shards in --data were "
+            f"built with ({shards.tokenizer_dir}, {len(sv)} tokens), e.g. {diff}. {rebuild}, or use the teacher that "
+            f"matches.")
+    for key in ("pad_token_id", "mask_token_id", "cls_token_id", "sep_token_id"):
+        if info.get(key) is not None and getattr(t_tok, key, None) is not None and getattr(t_tok, key) != info[key]:
+            raise UserError(f"--teacher {teacher_name}: {key} is {getattr(t_tok, key)} but the shards use {info[key]}; "
+                            f"rebuild the shards with the teacher's tokenizer")
 
 
 def teacher_fingerprint(teacher: nn.Module) -> str:

@@ -1,4 +1,5 @@
-"""Process-level runtime shared by every command: distributed init and DeepSpeed config resolution.
+"""Process-level runtime shared by every command: where this process sits (world, rank, device), the
+process group, stop signals (`Preemption`) and DeepSpeed config resolution.
 
 One code path for CPU (gloo) and GPU (NCCL). Launch any of:
     python dstrain/cli.py distill ...                          # one process, no launcher needed
@@ -15,6 +16,7 @@ import difflib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -89,6 +91,55 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def world_from_env() -> tuple[int, int]:
+    """(world size, rank) before the process group exists: launcher variables, Slurm's, or a world of one."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"]), int(os.environ.get("RANK", "0"))
+    if "SLURM_NTASKS" in os.environ and "SLURM_PROCID" in os.environ:
+        return int(os.environ["SLURM_NTASKS"]), int(os.environ["SLURM_PROCID"])
+    return 1, 0
+
+
+class Preemption:
+    """SIGUSR1/SIGTERM (and SIGINT, Ctrl-C) set a flag; the training loop all-reduces it at the next step
+    boundary, so every rank stops at the same step, saves and exits 0.
+
+    Installed when the command starts (before the imports and the process group, which take tens of
+    seconds), so a signal that Slurm sends during start-up is not lost: the run stops at its first step
+    boundary. Once the run has decided to stop, `ignore()` makes further signals harmless: Python restores
+    default handlers at interpreter shutdown, and a late SIGUSR1 would then kill a rank that is exiting.
+    """
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.flag = False
+        self.signum = None
+        for s in self.SIGNALS:
+            signal.signal(s, self._handler)
+
+    def _handler(self, signum, frame):
+        if not self.flag:  # the first signal is the reason (after Ctrl-C the launcher adds a SIGTERM)
+            self.signum = signum
+        self.flag = True
+
+    def ignore(self) -> None:
+        for s in self.SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+
+
+def _default_group_timeout(minutes: float) -> None:
+    """Make `minutes` the timeout of every process group created from now on. DeepSpeed creates its own
+    groups (ZeRO's gradient reduction runs in one) with torch's default timeout, 30 minutes, whatever the
+    world group has: a stuck rank then held the others for 30 minutes instead of --dist_timeout_minutes
+    (tests/faults/test_signals.py). torch reads these module defaults each time a group is made."""
+    from torch.distributed import distributed_c10d as c10d
+
+    c10d.default_pg_timeout = datetime.timedelta(minutes=minutes)
+    if hasattr(c10d, "default_pg_nccl_timeout"):
+        c10d.default_pg_nccl_timeout = datetime.timedelta(minutes=minutes)
+
+
 def device_type() -> str:
     """"cuda" or "cpu": the one device decision of dstrain, the accelerator DeepSpeed will use.
 
@@ -104,7 +155,8 @@ def init_distributed(timeout_minutes: float = 30.0) -> Dist:
     """Initialise torch.distributed through DeepSpeed, launched or not.
 
     Without a launcher (no RANK in the environment) this becomes a world of one, so the same code
-    runs as `python dstrain/cli.py ...`. Backend: NCCL when CUDA is present, else gloo.
+    runs as `python dstrain/cli.py ...`. Backend: NCCL when CUDA is present, else gloo. `timeout_minutes`
+    bounds every collective, DeepSpeed's own groups included.
     """
     import torch
 
@@ -139,6 +191,7 @@ def init_distributed(timeout_minutes: float = 30.0) -> Dist:
     else:
         device = torch.device("cpu")
         backend = "gloo"
+    _default_group_timeout(timeout_minutes)  # before any group: the world's and DeepSpeed's own
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
         if not use_cuda:

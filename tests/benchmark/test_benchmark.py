@@ -2,7 +2,6 @@
 a model with twice the layers measured slower, bad input refused before anything is written."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

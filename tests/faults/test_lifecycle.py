@@ -20,7 +20,7 @@ import pytest
 
 from dstrain.checkpoint import verify
 from dstrain.config import UserError, config_to_dict
-from dstrain.train.run import DistillConfig, finished_decision
+from dstrain.train.config import DistillConfig, finished_decision
 from tests.faults.conftest import LIFECYCLE_STEPS as LAST
 from tests.faults.conftest import strict_json
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from tests.faults.conftest import copy_run, distill_args, run_job
 from tests.launch import cpu_env

@@ -4,7 +4,6 @@ which inputs each model gets, padding, evaluation split over ranks, the losses, 
 import json
 import statistics
 
-import numpy as np
 import pytest
 import torch
 from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer,

@@ -115,7 +115,8 @@ def test_prepare_on_a_gpu_host_with_ds_accelerator_cpu_prepares_for_cpu(base, mo
     import torch
 
     from dstrain.config import build_config
-    from dstrain.train.run import DistillConfig, Trainer
+    from dstrain.train.config import DistillConfig
+    from dstrain.train.run import Trainer
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")

@@ -17,7 +17,7 @@ from transformers import BertConfig, BertForMaskedLM, DistilBertForMaskedLM, Rob
 from dstrain.config import ConfigError, build_config
 from dstrain.models import build_student, mlm_forward, student_config_from_teacher
 from dstrain.engine import linear_schedule
-from dstrain.train.run import DistillConfig, PretrainConfig
+from dstrain.train.config import DistillConfig, PretrainConfig
 from tests.launch import run_cli
 
 BASE = dict(data="shards", out_dir="run", teacher="t")
