@@ -135,7 +135,6 @@ def sync(args, out: dict) -> None:
     ds = json.loads((ROOT / "ds_configs" / "zero2_fp16.json").read_text())
     cfg, _ = resolve_ds_config(ds, micro_batch_size_per_gpu=32, grad_accum_steps=1, global_batch_size=32,
                                precision="bf16", device_type="cuda", gradient_clipping=5.0)
-    cfg["zero_allow_untested_optimizer"] = True
     engine, _, _, _ = deepspeed.initialize(model=StudentForDistill(student), config=cfg,
                                            optimizer=torch.optim.AdamW(student.parameters(), lr=1e-5, fused=True))
     g = torch.Generator().manual_seed(0)

@@ -58,6 +58,7 @@ def measure_train_throughput(teacher: torch.nn.Module | None, student: torch.nn.
     """
     import deepspeed
 
+    from dstrain.engine import engine_ds_config
     from dstrain.models import StudentForDistill
     from dstrain.runtime import init_distributed, resolve_ds_config
     from dstrain.train.step import PRETRAIN_LOSS, LossSettings, compile_encoders, micro_step, uncompile_encoders
@@ -68,8 +69,7 @@ def measure_train_throughput(teacher: torch.nn.Module | None, student: torch.nn.
                                        micro_batch_size_per_gpu=micro_batch, grad_accum_steps=1,
                                        global_batch_size=micro_batch * dist.world_size, precision=precision,
                                        device_type=dist.device.type, gradient_clipping=5.0)
-    cfg["zero_allow_untested_optimizer"] = True
-    cfg["steps_per_print"] = 10**9
+    engine_ds_config(cfg, precision)  # what the trainer adds to the user's file
     opt = torch.optim.AdamW(student.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6,
                             fused=dist.device.type == "cuda")
     if compile:

@@ -138,7 +138,6 @@ def test_deepspeed_engine_backward_adds_no_sync(models_and_batches):
     cfg, _ = resolve_ds_config(ds, micro_batch_size_per_gpu=8, grad_accum_steps=1, global_batch_size=8,
                                precision="fp32", device_type="cpu", gradient_clipping=5.0)
     assert cfg["timers"] == {"throughput": {"enabled": False}}
-    cfg["zero_allow_untested_optimizer"] = True
     engine, _, _, _ = deepspeed.initialize(model=StudentForDistill(student), config=cfg,
                                            optimizer=torch.optim.AdamW(student.parameters(), lr=1e-4))
     try:
