@@ -41,7 +41,8 @@ FULL = dict(
 #   every token 1.99, MLM-only step 0.81, genre fine-tuning step of a student 0.58. Estimate: 2 distillation
 #   seeds add 5 distillations and an MLM-only run (~600 CPU-s) and 6 fine-tunings; with 2 fine-tuning seeds
 #   instead of 3 the whole study is ~16 min with the step of 2026-12-02 (~14 min if the distillation step
-#   gets >= 20% cheaper). The paper's loss (KL on every token: 8 of the 10 distillations pay ~1.4x per
+#   gets >= 20% cheaper). Measured 2026-12-02 (docs/STUDY.md#result): 1,960 CPU-s, 18.6 min wall on
+#   partly shared cores, ~16.5 min idle: 1.5 min over the 15-minute budget, kept for the power. The paper's loss (KL on every token: 8 of the 10 distillations pay ~1.4x per
 #   student) would add ~3 min more, so it stays off (restrict_ce_to_mask=True); `--restrict_ce_to_mask
 #   false` runs it. A stronger teacher (more teacher_steps) costs ~20 s per 100 steps on the critical path
 #   and does not fit either. `--distill_seeds 1 --finetune_seeds 3` is the 10.7-minute study of 2026-11-25.

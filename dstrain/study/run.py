@@ -1,6 +1,6 @@
 """`study`: the whole miniature DistilBERT study on the embedded Shakespeare corpus, then RUN/REPORT.md.
 
-    python dstrain/cli.py study --out_dir runs/study             # full study: ~16 min on 2 idle cores (recipe.py)
+    python dstrain/cli.py study --out_dir runs/study             # full study: ~16.5 min on 2 idle cores (docs/STUDY.md)
     python dstrain/cli.py study --out_dir runs/quick --quick     # smoke run (< 3 min): what the tests run
     python dstrain/cli.py study --help                           # every setting, with full and quick values
 
