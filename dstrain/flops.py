@@ -1,7 +1,7 @@
 """FLOP counts of BERT-style encoders and of one distillation step, GPU peaks, and model FLOP utilisation (MFU).
 
 The one FLOP module: the trainer's `perf/mfu` (`StepFlops`, per micro-batch as it arrives), `benchmark
---mode train` and benchmarks/ all count with these functions, so they cannot disagree.
+--mode train` and perf/ all count with these functions, so they cannot disagree.
 
     f = StepFlops(student.config, teacher.config, LossSettings())
     flops = f.micro_step(batch)                 # what this micro-batch computes

@@ -141,7 +141,7 @@ def resolve_compile(setting: str, device_type: str, zero_stage: int) -> bool:
 def reference_losses(model, teacher, batch: dict, loss: LossSettings) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The step as the pure functions of dstrain/losses.py compute it: (N, V) logits of both models,
     boolean row selections, the unfused KL / cross-entropy / cosine. The fused step must equal it
-    (tests/train/test_losses.py); benchmarks/bench_step.py times both. `model`: a StudentForDistill.
+    (tests/train/test_losses.py); perf/bench_step.py times both. `model`: a StudentForDistill.
     Has host syncs (boolean indexing), so it is a reference, never the training path."""
     from dstrain.losses import IGNORE_INDEX, cosine_hidden, distill_total, kl_distill, mlm_ce, select_positions
     from dstrain.models import mlm_forward

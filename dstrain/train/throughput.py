@@ -5,7 +5,7 @@
                                  ds_config=json.load(open("ds_configs/zero2_fp16.json")))
     r["tokens_per_s"], r["mfu"], r["peak_mem_gb"]
 
-Used by `benchmarks/bench_trainer.py` and by `benchmark --mode train`. The timed step is
+Used by `perf/bench_trainer.py` and by `benchmark --mode train`. The timed step is
 `dstrain.train.step.micro_step` on a DeepSpeed engine, i.e. exactly what `distill` runs.
 
 FLOPs and peaks come from `dstrain.flops` (the one FLOP module): MFU counts what the step computes, the

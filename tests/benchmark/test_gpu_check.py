@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh --dry-run: the GPU check's script runs end to end on CPU with tiny sizes (its grid through
+"""perf/gpu_check.sh --dry-run: the GPU check's script runs end to end on CPU with tiny sizes (its grid through
 the real DeepSpeed step, eager, dynamo-traced and bare; the sync and fp16 sections as they would start), so the
 one device call it is written for does not fail on a typo."""
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_gpu_check_dry_run(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
            "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"], env=env, cwd=ROOT,
+    proc = subprocess.run(["bash", str(ROOT / "perf" / "gpu_check.sh"), "--dry-run"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((tmp_path / "gpu_check.json").read_text())

@@ -1,7 +1,7 @@
 """The distillation micro-step before and after the fused loss, on the same batches, in one run (CPU or GPU).
 
-    DS_ACCELERATOR=cpu OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/bench_step.py
-    python benchmarks/bench_step.py --device cuda --size base --micro_batch 128 --dtype bf16
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python perf/bench_step.py
+    python perf/bench_step.py --device cuda --size base --micro_batch 128 --dtype bf16
 
 "before" is `dstrain.train.step.reference_losses`: the pure functions of dstrain/losses.py on materialised
 (N, V) logits of both models with boolean row selections (the step as it was); "after" is

@@ -1,9 +1,9 @@
 """Trainer step throughput: dstrain's DeepSpeed step vs a bare PyTorch loop doing the same work.
 
     # CPU (default): small random BERT teacher -> DistilBERT student, fp32; goal: trainer overhead <= 10%
-    DS_ACCELERATOR=cpu OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_trainer.py
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=2 .venv/bin/python perf/bench_trainer.py
     # GPU (H100): BERT-base-sized random teacher -> 6-layer student, seq 128 and 512, fp16 and bf16:
-    python benchmarks/bench_trainer.py --device cuda --out bench_trainer_cuda.json
+    python perf/bench_trainer.py --device cuda --out bench_trainer_cuda.json
 
 Both sides run `dstrain.train.step.compute_losses` on the same synthetic batches: teacher forward under
 no_grad, student forward, the triple loss, backward, gradient clipping at 5.0, an AdamW step. The trainer

@@ -1,7 +1,7 @@
-"""The GPU check of issue #12, driven by benchmarks/gpu_check.sh (which installs what the machine lacks).
+"""The GPU check of issue #12, driven by perf/gpu_check.sh (which installs what the machine lacks).
 
-    python benchmarks/gpu_check.py --out $OUT            # H100/H200: <= 8 minutes, one device call
-    python benchmarks/gpu_check.py --out DIR --dry-run   # CPU, tiny sizes: checks the script itself
+    python perf/gpu_check.py --out $OUT            # H100/H200: <= 8 minutes, one device call
+    python perf/gpu_check.py --out DIR --dry-run   # CPU, tiny sizes: checks the script itself
 
 Sections, each printed as it finishes and written to OUT/gpu_check.json:
   grid   BERT-base-sized teacher -> 6-layer student, the paper's loss (KL on every non-pad token), bf16 and

