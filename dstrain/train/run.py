@@ -44,8 +44,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from dstrain.checkpoint import (Checkpointer, check_resume_compatible, export_student, nonfinite_params, on_rank0,
-                                rng_state, set_rng_state)
+from dstrain.checkpoint import (Checkpointer, check_resume_compatible, export_student, nonfinite_params, rng_state,
+                                set_rng_state)
 from dstrain.config import UserError, atomic_write_json, atomic_write_text, build_config, config_to_dict, require
 from dstrain.data import ShardSet, build_eval_loader, build_loader
 from dstrain.data.causal import batch_labeler  # next-token labels on causal-LM block shards, else masking
@@ -150,6 +150,14 @@ class Trainer:
                          "deepspeed": self.ds_cfg, "layer_map_used": self.layer_map,
                          "student_config": self.student_config.to_dict(), "teacher_placement": "replicated"}
         self.config_hash = config_hash(config_to_dict(cfg))
+        # A finished run relaunched (the same command again, a requeued Slurm job) is decided here, from
+        # metrics.json and config.json alone: it exits in seconds, before any process group or checkpoint load,
+        # whatever the world size. "continue" (--continue_finished) is carried out in run(), under the lock.
+        self.finished = finished_decision(cfg, self.resolved, self.out)
+        if self.finished == "finished":
+            setup_logging(rank)
+            log.info("%s already finished at step %d (student/ and metrics.json written); nothing to do",
+                     self.out, cfg.max_steps)
 
     def _prepare_distill(self, dev: str) -> None:
         cfg = self.cfg
@@ -229,8 +237,7 @@ class Trainer:
         else:
             torch.manual_seed(cfg.seed + dist.rank)  # dropout differs per rank, reproducibly
         start = self.engine.global_steps
-        if self._finished_or_continue(start) == "finished":
-            return {"status": "finished", "step": start}
+        self._continue_finished(start)
         if dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / "config.json", self.resolved)
@@ -460,26 +467,21 @@ class Trainer:
                                 loss_terms=meta.get("loss_terms") or {})
         log.info("resumed from %s at step %d", self.ckpt.root / self.resume_tag, self.engine.global_steps)
 
-    def _finished_or_continue(self, start: int) -> str | None:
-        """Collective. "finished" when this launch repeats a finished run (said, nothing written); when it
-        continues one on purpose, the finished run's metrics.json and student/ are removed first, so that an
-        interrupted continuation is never taken for finished and config.json always describes student/."""
-        what = on_rank0(lambda: finished_decision(self.cfg, self.resolved, self.out))
-        if what == "finished":
-            log.info("%s already finished at step %d (student/ and metrics.json written); nothing to do",
-                     self.out, start)
-        elif what == "continue" and self.resume_tag is None:
+    def _continue_finished(self, start: int) -> None:
+        """Collective. With --continue_finished (prepare() decided "continue"), remove the finished run's
+        metrics.json and student/ first, so that an interrupted continuation is never taken for finished and
+        config.json always describes student/."""
+        if self.finished == "continue" and self.resume_tag is None:
             raise UserError(f"--continue_finished: {self.ckpt.root} holds no complete checkpoint of the finished run "
                             f"in {self.out} to continue from; use a new --out_dir")
-        elif what == "continue" and self.dist.is_main:
+        if self.finished == "continue" and self.dist.is_main:
             log.warning("--continue_finished: continuing the finished run in %s from step %d to %d; its student/ "
                         "and metrics.json are replaced at the end", self.out, start, self.cfg.max_steps)
             (self.out / "metrics.json").unlink()
             shutil.rmtree(self.out / "student", ignore_errors=True)
-        if start > self.cfg.max_steps and what is None:
+        if start > self.cfg.max_steps:
             raise UserError(f"{self.ckpt.root / str(self.resume_tag)} is at step {start}, beyond --max_steps "
                             f"{self.cfg.max_steps}; relaunch with --max_steps {start} or more, or use a new --out_dir")
-        return what
 
     # ================================================================ data, evaluation, logging
     def _batches(self):
@@ -550,6 +552,8 @@ def _train(cfg: TrainConfig, mode: str, preempt: Preemption) -> dict[str, Any]:
     t = Trainer(cfg, mode, preempt)
     try:
         t.prepare()
+        if t.finished == "finished":
+            return {"status": "finished", "step": cfg.max_steps}
         t.setup()
         return t.run()
     except RuntimeError as e:
