@@ -10,12 +10,15 @@ Commands are imported only when called, so `finetune --help` does not pay for De
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
 
 if __package__ in (None, ""):  # run as a script: `python dstrain/cli.py` or `deepspeed dstrain/cli.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dstrain.config import UserError, flag_value, os_error_message  # noqa: E402 (after the path fix above)
 
 # command name -> "module:function". Each function takes **kwargs and builds its dataclass config.
 COMMANDS = {
@@ -37,8 +40,6 @@ def _load(command: str):
 def _lazy(command: str):
     def run(*args, **kwargs):
         if args:  # Fire hands words without a --flag over as positionals; no command takes any
-            from dstrain.config import UserError
-
             raise UserError(f"`{command}`: unexpected argument(s) {' '.join(map(repr, args))}: every setting is "
                             f"--name VALUE (see `python dstrain/cli.py {command} --help`); quote a value with spaces")
         return _load(command)(**kwargs)
@@ -65,9 +66,7 @@ def _strip_launcher_args(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import fire
-
-    from dstrain.config import UserError, flag_value, os_error_message
+    import fire  # lazy: `COMMAND --help` returns before Fire is needed
 
     argv = _strip_launcher_args(sys.argv[1:] if argv is None else argv)
     if len(argv) >= 2 and argv[0] in COMMANDS and argv[1] in ("--help", "-h", "help"):
@@ -88,8 +87,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _help(command: str) -> str:
     """The command's docstring and its config's fields with their defaults and one-line docs."""
-    import dataclasses
-
     fn = _load(command)
     lines = [f"python dstrain/cli.py {command} [--setting VALUE ...]", "", (fn.__doc__ or "").strip(), ""]
     cfg_cls = getattr(fn, "config_class", None)

@@ -150,7 +150,7 @@ def build_same_class_student(fam: Family, teacher: nn.Module | None, tcfg: Any, 
     """Student of the teacher's class with `student_layers` (default half) blocks; (model, map or None)."""
     import torch
 
-    from dstrain.models import _tied_keys, parse_layer_map
+    from dstrain.models import _tied_keys, parse_layer_map  # lazy: torch, and dstrain.models imports this module
 
     n = student_layers or max(1, tcfg.num_hidden_layers // 2)
     if init not in ("teacher", "random"):
@@ -183,7 +183,7 @@ def ffn_size(config: Any) -> int:
 
 def check_shards_match(tcfg: Any, shards: Any, cfg: Any) -> Family:
     """The teacher's family and the shards' layout agree: causal LMs train on blocks, masked LMs on sequences."""
-    from dstrain.data.causal import is_causal
+    from dstrain.data.causal import is_causal  # lazy: dstrain.data imports torch
 
     fam = family_of(tcfg, "--teacher", getattr(cfg, "teacher", ""))
     blocks = is_causal(shards)

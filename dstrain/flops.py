@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from dstrain.families import ffn_size  # issue #16: GPT-2 names it n_inner
+
 
 @dataclasses.dataclass(frozen=True)
 class EncoderShape:
@@ -33,8 +35,6 @@ class EncoderShape:
         """Read the shape from a transformers config (BERT, RoBERTa, DistilBERT naming)."""
         if getattr(config, "model_type", "") == "distilbert":
             return cls(config.n_layers, config.dim, config.hidden_dim, config.vocab_size)
-        from dstrain.families import ffn_size  # issue #16: GPT-2 names it n_inner
-
         return cls(config.num_hidden_layers, config.hidden_size, ffn_size(config), config.vocab_size)
 
 

@@ -19,6 +19,9 @@ import shutil
 from pathlib import Path
 
 from dstrain.config import UserError, build_config, opt, require
+from dstrain.hf_io import has_tokenizer
+from dstrain.outputs import MARKER, check_out_dir, foreign_entries, replace_dir, write_marker
+from dstrain.recipe import apply_recipe, parse_dropout
 
 log = logging.getLogger("dstrain")
 
@@ -42,8 +45,6 @@ class InitStudentConfig:
     overwrite: bool = opt(False, "replace an --out_dir that an earlier init_student wrote")
 
     def validate(self) -> None:
-        from dstrain.recipe import apply_recipe, parse_dropout
-
         apply_recipe(self, self.recipe)
         parse_dropout(self.student_dropout)
         require(bool(self.teacher), "teacher", "is required: a folder written by save_pretrained or a model name")
@@ -54,10 +55,7 @@ class InitStudentConfig:
 
 def init_student(**kwargs) -> str:
     """Build a student from --teacher (half its layers, mapped layers copied) and save it to --out_dir."""
-    from dstrain.hf_io import has_tokenizer
-    from dstrain.models import build_student, load_teacher, save_hf_model
-    from dstrain.outputs import MARKER, check_out_dir, foreign_entries, replace_dir, write_marker
-    from dstrain.recipe import parse_dropout
+    from dstrain.models import build_student, load_teacher, save_hf_model  # lazy: imports torch (`--help` stays fast)
 
     cfg = build_config(InitStudentConfig, kwargs, "init_student")
     out = Path(cfg.out_dir)

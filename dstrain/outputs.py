@@ -34,7 +34,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from dstrain.config import UserError
+from dstrain.config import UserError, atomic_write_json
 
 log = logging.getLogger("dstrain")
 
@@ -169,8 +169,6 @@ def remove_owned(out: Path, marker: dict[str, Any] | None, patterns: Iterable[st
 
 def write_marker(out: Path, command: str, files: list[str] | None = None) -> None:
     """The ownership marker; `files` lists the entries a command writing its folder at once created."""
-    from dstrain.config import atomic_write_json
-
     m = {"command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": socket.gethostname(),
          "argv": sys.argv}
     if files is not None:

@@ -19,7 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dstrain.benchmark import inputs as I
+from dstrain.benchmark import models as M
+from dstrain.benchmark.models import quantize_int8
+from dstrain.benchmark.report import format_tables, machine_description, plot
+from dstrain.benchmark.train import format_train, measure_train, plot_train
 from dstrain.config import UserError, atomic_write_json, build_config, config_to_dict, opt, require
+from dstrain.outputs import check_not_inputs
+from dstrain.runtime import device_type
 
 log = logging.getLogger("dstrain.benchmark")
 
@@ -107,8 +114,6 @@ benchmark.config_class = BenchmarkConfig
 def _resolve_device(cfg: BenchmarkConfig) -> str:
     import torch
 
-    from dstrain.runtime import device_type
-
     if cfg.device == "auto":
         return device_type()  # DS_ACCELERATOR=cpu on a GPU host: cpu, as the engine would
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -173,16 +178,13 @@ def run(cfg: BenchmarkConfig) -> dict[str, Any]:
     """Resolve and check everything, then measure; returns the result dict (also written to disk)."""
     import torch
 
-    from dstrain.benchmark import models as M
-    from dstrain.benchmark.report import machine_description
 
     # Everything a user can get wrong is checked before any model is built or any file written.
     out_dir = _prepare_out_dir(cfg.out_dir)
     device = _resolve_device(cfg)
     precisions = _resolve_precisions(cfg, device)
     specs = [M.resolve_spec(s) for s in cfg.models]
-    from dstrain.outputs import check_not_inputs  # results never land in (or around) a model folder
-
+    # results never land in (or around) a model folder
     check_not_inputs(out_dir, {"models": [s.source for s in specs if s.kind == "folder"],
                                "tokenizer": cfg.tokenizer if cfg.tokenizer not in ("auto", "none") else None})
     names = [s.name for s in specs]
@@ -227,8 +229,6 @@ def run(cfg: BenchmarkConfig) -> dict[str, Any]:
                  info["params_total"] / 1e6, info["params_non_embedding"] / 1e6, info["disk_bytes"] / 1e6)
 
     if cfg.mode == "train":
-        from dstrain.benchmark.train import measure_train
-
         result["train"] = measure_train(cfg, specs, built, device, precisions)
     else:
         # Every (precision, model) variant is timed in one alternating loop, so fp32-vs-int8 ratios hold too.
@@ -244,16 +244,12 @@ def run(cfg: BenchmarkConfig) -> dict[str, Any]:
         gc.collect()
     result["wall_s"] = time.time() - t0
 
-    from dstrain.benchmark.report import format_tables, plot
-
     table = format_tables(result) if cfg.mode == "inference" else _train_table(result)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "benchmark.json", result)
     if cfg.mode == "inference":
         plot(result, out_dir / "benchmark.png")
     else:
-        from dstrain.benchmark.train import plot_train
-
         plot_train(result, out_dir / "benchmark.png")
     result["_table"] = table + f"\nwrote {out_dir / 'benchmark.json'} and {out_dir / 'benchmark.png'}"
     return result
@@ -264,8 +260,6 @@ def _variant(model, precision: str, device: str):
     import copy
 
     import torch
-
-    from dstrain.benchmark.models import quantize_int8
 
     if precision == "int8":
         return quantize_int8(copy.deepcopy(model))
@@ -285,7 +279,7 @@ def _forward(model, batch: dict):
 def _speedups(specs, variants, times, k: int) -> dict[str, float]:
     """Paired speedups of variant k: against the reference model at the same precision, and against the
     reference at the first precision (e.g. an int8 student against the fp32 teacher)."""
-    from dstrain.benchmark.measure import paired_ratio
+    from dstrain.benchmark.measure import paired_ratio  # lazy: imports numpy (`benchmark --help` stays fast)
 
     prec = variants[k][0]
     same = next(j for j, (p, i, _) in enumerate(variants) if p == prec and i == 0)
@@ -298,8 +292,7 @@ def _grid(cfg: BenchmarkConfig, specs, variants, device: str) -> list[dict]:
 
     variants: [(precision, model index, module)]. One row per (seq_len, batch, precision, model).
     """
-    from dstrain.benchmark import inputs as I
-    from dstrain.benchmark.measure import peak_memory, percentiles, time_interleaved
+    from dstrain.benchmark.measure import peak_memory, percentiles, time_interleaved  # lazy: numpy, as above
 
     vocab = min(s.config.vocab_size for s in specs)
     specials = set().union(*(I.special_ids(s.config) for s in specs))
@@ -330,8 +323,7 @@ def _sts_pass(cfg: BenchmarkConfig, specs, variants, device: str, tokenizer) -> 
     """The paper's measurement: batch 1 over every STS-B-like pair, the variants alternating pair by pair."""
     import numpy as np
 
-    from dstrain.benchmark import inputs as I
-    from dstrain.benchmark.measure import peak_memory, percentiles, time_interleaved
+    from dstrain.benchmark.measure import peak_memory, percentiles, time_interleaved  # lazy: numpy
 
     vocab = min(s.config.vocab_size for s in specs)
     specials = set().union(*(I.special_ids(s.config, tokenizer) for s in specs))
@@ -360,6 +352,4 @@ def _sts_pass(cfg: BenchmarkConfig, specs, variants, device: str, tokenizer) -> 
 
 
 def _train_table(result: dict[str, Any]) -> str:
-    from dstrain.benchmark.train import format_train
-
     return format_train(result)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dstrain import flops as F
+from dstrain.families import family_of
 
 log = logging.getLogger("dstrain.benchmark")
 
@@ -28,8 +29,6 @@ log = logging.getLogger("dstrain.benchmark")
 def _mlm_model(spec, seed: int):
     """The masked-LM version of a benchmark model spec (random weights unless it is a folder)."""
     import torch
-
-    from dstrain.families import family_of
 
     auto = family_of(spec.config, "--models", spec.source).auto_class()  # issue #16: GPT-2 is a causal LM
     if spec.kind == "folder":
@@ -42,6 +41,7 @@ def measure_train(cfg, specs, built, device: str, precisions: list[str]) -> list
     """Tokens/s and MFU of distillation steps, teacher = specs[0], students = specs[1:]."""
     import torch
 
+    # lazy: dstrain.train imports torch and dstrain.models; `benchmark --help` loads neither
     from dstrain.train.step import LossSettings
     from dstrain.train.throughput import measure_train_throughput
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from dstrain.data.masking import IGNORE_INDEX
+from dstrain.data.masking import IGNORE_INDEX, MLMMasker
 
 
 def next_token_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,8 +49,6 @@ def is_causal(shards) -> bool:
 
 def batch_labeler(shards, mlm_probability: float, smoothing: float, **mask_kw):
     """What labels the shards' batches: NextTokenLabels for block shards, else an MLMMasker (mask_kw: its options)."""
-    from dstrain.data.masking import MLMMasker
-
     if is_causal(shards):
         return NextTokenLabels()
     return MLMMasker.for_shards(shards, mlm_probability=mlm_probability, smoothing=smoothing, **mask_kw)

