@@ -44,3 +44,33 @@ def tiny_shards_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
                  max_seq_len=TINY_MAX_SEQ_LEN, samples_per_shard=TINY_SAMPLES_PER_SHARD, val_fraction=0.1,
                  seed=0, num_workers=1, progress=False)
     return out
+
+
+# ------------------------------------------------------------------------------ pytest-xdist grouping
+# scripts/test.sh runs `pytest -n 3 --dist loadgroup`: each group runs on one worker. A file's tests stay
+# together (its module fixtures are built once), and the files that share one of these expensive session
+# fixtures (a real multi-rank run or a private Slurm cluster) join one group, so the fixture is built once.
+SHARED_FIXTURES = {"reference_run": "faults-reference", "lifecycle_chain": "faults-lifecycle",
+                   "slurm_cluster": "slurm"}
+SPLIT_BY_PARAM = {"family_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for it in items:
+        f = it.nodeid.split("::")[0]
+        for fx in it.fixturenames:
+            if fx in SHARED_FIXTURES:
+                parent[find(f)] = find(SHARED_FIXTURES[fx])
+    for it in items:
+        group = find(it.nodeid.split("::")[0])
+        # a module fixture with parameters (one real run per model family): one group per parameter
+        split = [f"{k}={v}" for k, v in sorted(getattr(it, "callspec", None).params.items())
+                 if k in SPLIT_BY_PARAM] if hasattr(it, "callspec") else []
+        it.add_marker(pytest.mark.xdist_group(group + (f"[{','.join(split)}]" if split else "")))
