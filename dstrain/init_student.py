@@ -21,36 +21,23 @@ from pathlib import Path
 from dstrain.config import UserError, build_config, opt, require
 from dstrain.hf_io import has_tokenizer
 from dstrain.outputs import MARKER, check_out_dir, foreign_entries, replace_dir, write_marker
-from dstrain.recipe import apply_recipe, parse_dropout
+from dstrain.recipe import StudentSettings, parse_dropout
 
 log = logging.getLogger("dstrain")
 
 
 @dataclasses.dataclass
-class InitStudentConfig:
-    """Write a student initialised from a teacher, without training, to inspect it."""
+class InitStudentConfig(StudentSettings):
+    """Write a student initialised from a teacher, without training, to inspect it (the student settings:
+    dstrain/recipe.py `StudentSettings`, the same as `distill`'s)."""
 
-    teacher: str = opt(None, "teacher: a save_pretrained folder or a cached Hugging Face name (a family of docs/FAMILIES.md)")
     out_dir: str = opt(None, "folder to write the student to (config, safetensors, tokenizer)")
-    student_layers: int = opt(0, "student depth; 0 = half the teacher's layers")
-    recipe: str = opt("dstrain", "defaults of layer_map, copy_vocab_transform, student_dropout: dstrain or reference")
-    layer_map: str | None = opt(None, "teacher layers copied into the student: even, reference ([0,2,4,7,9,11] for "
-                                "12->6) or a list. None: the --recipe's (dstrain: even)")
-    student_init: str = opt("teacher", "teacher (copy mapped layers, embeddings, MLM head) or random (ablation)")
-    copy_vocab_transform: bool | None = opt(None, "copy the MLM head's transform + LayerNorm (false: random init, "
-                                            "the reference's default). None: the --recipe's (dstrain: true)")
-    student_dropout: str | None = opt(None, "teacher (copy the teacher's) or a number (the reference: 0.1). "
-                                      "None: the --recipe's (dstrain: teacher)")
     seed: int = opt(0, "seed for the random parts")
     overwrite: bool = opt(False, "replace an --out_dir that an earlier init_student wrote")
 
     def validate(self) -> None:
-        apply_recipe(self, self.recipe)
-        parse_dropout(self.student_dropout)
-        require(bool(self.teacher), "teacher", "is required: a folder written by save_pretrained or a model name")
+        self.validate_student()
         require(bool(self.out_dir), "out_dir", "is required: where to write the student")
-        require(self.student_layers >= 0, "student_layers", "must be >= 0 (0 = half the teacher)")
-        require(self.student_init in ("teacher", "random"), "student_init", "must be teacher or random")
 
 
 def init_student(**kwargs) -> str:

@@ -12,9 +12,10 @@ settings left unset: precedence is defaults < recipe < `--config FILE.json` < co
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from dstrain.config import ConfigError
+from dstrain.config import ConfigError, opt, require
 
 RECIPES: dict[str, dict[str, Any]] = {
     "dstrain": dict(
@@ -54,3 +55,30 @@ def parse_dropout(value: str) -> float | None:
     if not 0.0 <= p < 1.0:
         raise ConfigError(f"--student_dropout {value!r}: use teacher (copy the teacher's) or a number in [0, 1)")
     return p
+
+
+@dataclasses.dataclass
+class StudentSettings:
+    """The teacher and how the student is made from it: shared by `distill` and `init_student` (which writes the
+    student `distill` would start from). None: the --recipe's value."""
+
+    teacher: str = opt(None, "teacher: a save_pretrained folder or a cached Hugging Face name (a family of "
+                             "docs/FAMILIES.md)")
+    recipe: str = opt("dstrain", "defaults of the settings where dstrain and the reference code differ (mask_count, "
+                                 "copy_vocab_transform, student_dropout, warmup_style, layer_map; docs/FIDELITY.md): "
+                                 "dstrain, or reference (the reference code's choices); explicit flags win")
+    student_layers: int = opt(0, "student depth; 0 = half the teacher's layers")
+    layer_map: str | None = opt(None, "teacher layers copied into the student: even, reference ([0,2,4,7,9,11] for "
+                                "12->6) or a list. None: the --recipe's (dstrain: even)")
+    student_init: str = opt("teacher", "teacher (copy embeddings, MLM head, mapped layers) or random (ablation)")
+    copy_vocab_transform: bool | None = opt(None, "copy the MLM head's transform + LayerNorm from the teacher (false: "
+                                            "random init, the reference's default). None: the --recipe's (dstrain: true)")
+    student_dropout: str | None = opt(None, "student hidden and attention dropout: teacher (copy the teacher's) or a "
+                                      "number (the reference: 0.1). None: the --recipe's (dstrain: teacher)")
+
+    def validate_student(self) -> None:
+        apply_recipe(self, self.recipe)  # fills the recipe settings not given
+        require(bool(self.teacher), "teacher", "is required: a folder written by save_pretrained or a model name")
+        require(self.student_layers >= 0, "student_layers", "must be >= 0 (0 = half the teacher)")
+        require(self.student_init in ("teacher", "random"), "student_init", "must be teacher or random")
+        parse_dropout(self.student_dropout)

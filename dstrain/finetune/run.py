@@ -213,7 +213,7 @@ def _make_optimizer(model, cfg: FinetuneConfig, total_steps: int):
     W = floor(warmup_ratio * total_steps) warmup steps."""
     import torch
 
-    from dstrain.engine import adamw, linear_schedule
+    from dstrain.engine import adamw, linear_schedule  # lazy: imports torch
 
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
     factor = linear_schedule(total_steps, cfg.warmup_ratio, warmup_rounding="floor")
@@ -327,23 +327,108 @@ def load_teacher(cfg: FinetuneConfig, task, tokenizer, model):
     return teacher
 
 
+def finetune_loss(out, t_out, batch: dict, task, cfg: FinetuneConfig):
+    """The loss of one micro-batch: (loss, {term: value}). Without a teacher the task loss alone (cross-entropy,
+    MSE for regression, start/end cross-entropy for spans); with one, alpha_task * task loss + alpha_ce *
+    KL(teacher || student) at --temperature (dstrain/finetune/losses.py)."""
+    from dstrain.finetune import losses  # lazy: imports torch
+
+    if task.kind == "span":
+        if t_out is None:
+            loss = losses.span_loss(out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"])
+            return loss, {"loss_task": loss}
+        return losses.span_distill_loss(out.start_logits, out.end_logits, batch["start_positions"],
+                                        batch["end_positions"], t_out.start_logits, t_out.end_logits, cfg.alpha_ce,
+                                        cfg.alpha_task, cfg.temperature)
+    if t_out is None:
+        loss = losses.task_loss(out.logits, batch["label"], task.kind)
+        return loss, {"loss_task": loss}
+    return losses.classification_distill_loss(out.logits, batch["label"], t_out.logits, task.kind, cfg.alpha_ce,
+                                              cfg.alpha_task, cfg.temperature)
+
+
+def _build_engine(cfg: FinetuneConfig, model, dist, ds_base: dict, batch: tuple[int, int, int], total_steps: int):
+    """DeepSpeed engine around `model` with our AdamW and schedule: (engine, scheduler, precision, ds_cfg)."""
+    import deepspeed  # lazy: slow to import
+
+    from dstrain.engine import engine_ds_config  # lazy: imports torch
+
+    micro, accum, global_bs = batch
+    optimizer, scheduler = _make_optimizer(model, cfg, total_steps)
+    ds_cfg, precision = resolve_ds_config(ds_base, micro_batch_size_per_gpu=micro, grad_accum_steps=accum,
+                                          global_batch_size=global_bs, precision=cfg.precision,
+                                          device_type=dist.device.type, gradient_clipping=cfg.gradient_clipping)
+    engine_ds_config(ds_cfg, precision, skip_nonfinite_bf16=False)  # a non-finite loss stops finetune (below)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
+    return engine, scheduler, precision, ds_cfg
+
+
+def _start_run_dir(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, batch: tuple[int, int, int], precision: str,
+                   ds_cfg: dict) -> None:
+    """Rank 0, once every check has passed: output starts here (config.json; --overwrite removes our old files)."""
+    if not dist.is_main:
+        return
+    micro, accum, global_bs = batch
+    if cfg.overwrite and seed == cfg.seed:  # the earlier run's files, checked to be ours in _prepare_out_dir
+        remove_owned(Path(cfg.out_dir), read_marker(Path(cfg.out_dir)), OWNED)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # an old metrics.json (--overwrite) would make this half-done rerun look finished
+    for old in {run_dir / "metrics.json", Path(cfg.out_dir) / "metrics.json"}:
+        old.unlink(missing_ok=True)
+    atomic_write_json(run_dir / "config.json", dict(config_to_dict(cfg), seed=seed, world_size=dist.world_size,
+                                                     micro_batch_size_per_gpu=micro, grad_accum_steps=accum,
+                                                     global_batch_size=global_bs, precision=precision,
+                                                     ds_config_resolved=ds_cfg))
+
+
+def _evaluate(engine, cfg: FinetuneConfig, task, data: dict, keys: set[str], pad_id: int, dist):
+    """({split: metrics}, what _write_outputs writes: SQuAD (predictions, nbest), else {split: (metrics, rows)})."""
+    if task.kind == "span":
+        metrics, preds, nbest = evaluate_squad(engine.module, cfg, data["eval_examples"]["validation"],
+                                               data["eval_features"]["validation"], keys, pad_id,
+                                               cfg.eval_batch_size_per_gpu, dist)
+        return {"validation": metrics}, (preds, nbest)
+    res = evaluate_classification(engine.module, task, data["eval_features"], keys, pad_id,
+                                  cfg.eval_batch_size_per_gpu, dist)
+    return {s: m for s, (m, _) in res.items()}, res
+
+
+def _write_outputs(run_dir: Path, task, payload, engine, tokenizer, writer, metrics: dict) -> None:
+    """Rank 0: predictions, the model (with the tokenizer), then metrics.json, last: it marks a finished run."""
+    from dstrain.models import save_hf_model  # lazy: imports torch
+    if task.kind == "span":
+        preds, nbest = payload
+        atomic_write_json(run_dir / "predictions.json", preds)
+        atomic_write_json(run_dir / "nbest_predictions.json", nbest)
+    else:
+        lines = []
+        for split, (_, rows) in payload.items():
+            for idx, pred, label in rows:
+                rec = {"split": split, "idx": idx, "label": label, "prediction": pred}
+                if task.kind != "regression":
+                    rec.update(label_name=task.labels[label], prediction_name=task.labels[pred])
+                lines.append(json.dumps(rec))
+        atomic_write_text(run_dir / "predictions.jsonl", "\n".join(lines) + "\n")
+    save_hf_model(engine.module, run_dir / "model", tokenizer)
+    writer.close()
+    atomic_write_json(run_dir / "metrics.json", metrics)
+
+
 def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict, batch: tuple[int, int, int],
              tokenizer, data: dict, task, teacher) -> dict:
-    """Train and evaluate one seed; returns the metrics written to run_dir/metrics.json."""
-    import deepspeed
+    """Train and evaluate one seed (an evaluation after every epoch); returns the metrics written to
+    run_dir/metrics.json."""
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from dstrain.engine import engine_ds_config, log_scalars, tb_writer
-    from dstrain.finetune import losses
-    from dstrain.models import save_hf_model
+    from dstrain.engine import log_scalars, tb_writer  # lazy: imports torch
 
     _set_seed(seed)  # before loading: the fresh task head is initialised from this seed
     micro, accum, global_bs = batch
-    span = task.kind == "span"
     model = load_model(cfg, task)
     keys = _model_input_keys(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    teacher_keys = None
     if teacher is not None:
         teacher.eval().requires_grad_(False).to(dist.device)
         teacher_keys = _model_input_keys(teacher)
@@ -357,40 +442,13 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
     epochs = math.ceil(total_steps / steps_per_epoch)
 
-    optimizer, scheduler = _make_optimizer(model, cfg, total_steps)
-    ds_cfg, precision = resolve_ds_config(ds_base, micro_batch_size_per_gpu=micro, grad_accum_steps=accum,
-                                          global_batch_size=global_bs, precision=cfg.precision,
-                                          device_type=dist.device.type, gradient_clipping=cfg.gradient_clipping)
-    engine_ds_config(ds_cfg, precision, skip_nonfinite_bf16=False)  # a non-finite loss stops finetune (below)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
+    engine, scheduler, precision, ds_cfg = _build_engine(cfg, model, dist, ds_base, batch, total_steps)
     if teacher is not None and precision != "fp32":
         teacher.to(torch.bfloat16 if precision == "bf16" else torch.float16)
-
-    if dist.is_main:
-        if cfg.overwrite and seed == cfg.seed:  # the earlier run's files, checked to be ours in _prepare_out_dir
-            remove_owned(Path(cfg.out_dir), read_marker(Path(cfg.out_dir)), OWNED)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # All checks passed and output starts now: an old metrics.json (--overwrite) would make this
-        # half-done rerun look finished.
-        for old in {run_dir / "metrics.json", Path(cfg.out_dir) / "metrics.json"}:
-            old.unlink(missing_ok=True)
-        atomic_write_json(run_dir / "config.json", dict(config_to_dict(cfg), seed=seed, world_size=dist.world_size,
-                                                         micro_batch_size_per_gpu=micro, grad_accum_steps=accum,
-                                                         global_batch_size=global_bs, precision=precision,
-                                                         ds_config_resolved=ds_cfg))
+    _start_run_dir(cfg, seed, run_dir, dist, batch, precision, ds_cfg)
     writer = tb_writer(run_dir / "tb", dist.is_main)
     log.info("%s seed %d: %d train features, %d optimizer steps (%d epochs of %d), global batch %d, %s",
              task.name, seed, len(train_feats), total_steps, epochs, steps_per_epoch, global_bs, precision)
-
-    def evaluate_now():
-        if span:
-            metrics, preds, nbest = evaluate_squad(engine.module, cfg, data["eval_examples"]["validation"],
-                                                   data["eval_features"]["validation"], keys, pad_id,
-                                                   cfg.eval_batch_size_per_gpu, dist)
-            return {"validation": metrics}, (preds, nbest)
-        res = evaluate_classification(engine.module, task, data["eval_features"], keys, pad_id,
-                                      cfg.eval_batch_size_per_gpu, dist)
-        return {s: m for s, (m, _) in res.items()}, res
 
     t0 = time.time()
     lr_used = scheduler.get_last_lr()[0]
@@ -398,29 +456,14 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
     engine.train()
     for epoch in range(epochs):
         sampler.set_epoch(epoch)  # a new order every epoch (the reference code forgot this)
-        for batch_t in loader:
-            batch_t = {k: v.to(dist.device) for k, v in batch_t.items()}
-            out = engine(**{k: v for k, v in batch_t.items() if k in keys})
+        for b in loader:
+            b = {k: v.to(dist.device) for k, v in b.items()}
+            out = engine(**{k: v for k, v in b.items() if k in keys})
             t_out = None
             if teacher is not None:
                 with torch.no_grad():
-                    t_out = teacher(**{k: v for k, v in batch_t.items() if k in teacher_keys})
-            if span:
-                if t_out is None:
-                    loss = losses.span_loss(out.start_logits, out.end_logits, batch_t["start_positions"],
-                                            batch_t["end_positions"])
-                    terms = {"loss_task": loss}
-                else:
-                    loss, terms = losses.span_distill_loss(
-                        out.start_logits, out.end_logits, batch_t["start_positions"], batch_t["end_positions"],
-                        t_out.start_logits, t_out.end_logits, cfg.alpha_ce, cfg.alpha_task, cfg.temperature)
-            elif t_out is None:
-                loss = losses.task_loss(out.logits, batch_t["label"], task.kind)
-                terms = {"loss_task": loss}
-            else:
-                loss, terms = losses.classification_distill_loss(out.logits, batch_t["label"], t_out.logits,
-                                                                 task.kind, cfg.alpha_ce, cfg.alpha_task,
-                                                                 cfg.temperature)
+                    t_out = teacher(**{k: v for k, v in b.items() if k in teacher_keys})
+            loss, terms = finetune_loss(out, t_out, b, task, cfg)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"non-finite loss {loss.item()} at step {step}; lower --lr or use fp32")
             engine.backward(loss)  # DeepSpeed divides by the accumulation steps
@@ -441,45 +484,27 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
                 sums, n_micro = {}, 0
             if step >= total_steps:
                 break
-        last_eval = evaluate_now()
+        last_eval = _evaluate(engine, cfg, task, data, keys, pad_id, dist)
         log_scalars(writer, {f"eval/{split}/{k}": v for split, m in last_eval[0].items() for k, v in m.items()}, step)
         if writer:
             writer.flush()
         log.info("epoch %d step %d eval %s", epoch + 1, step, json.dumps(last_eval[0]))
         if step >= total_steps:
             break
-    train_seconds = time.time() - t0
 
     split_metrics, payload = last_eval
     main_split = task.eval_splits[0]
     metrics = {"task": task.name, "model": cfg.model, "teacher": cfg.teacher or None, "seed": seed,
                "num_parameters": sum(p.numel() for p in engine.module.parameters()),
-               "train_steps": step, "train_seconds": round(train_seconds, 2), "world_size": dist.world_size,
+               "train_steps": step, "train_seconds": round(time.time() - t0, 2), "world_size": dist.world_size,
                "precision": precision, "num_train_features": len(train_feats), "main_split": main_split,
                "splits": split_metrics, **split_metrics[main_split]}
     if task.name == "mnli":
         metrics["accuracy_mm"] = split_metrics["validation_mismatched"]["accuracy"]
     if dist.is_main:
-        if span:
-            preds, nbest = payload
-            atomic_write_json(run_dir / "predictions.json", preds)
-            atomic_write_json(run_dir / "nbest_predictions.json", nbest)
-        else:
-            lines = []
-            for split, (_, rows) in payload.items():
-                for idx, pred, label in rows:
-                    rec = {"split": split, "idx": idx, "label": label, "prediction": pred}
-                    if task.kind != "regression":
-                        rec.update(label_name=task.labels[label], prediction_name=task.labels[pred])
-                    lines.append(json.dumps(rec))
-            atomic_write_text(run_dir / "predictions.jsonl", "\n".join(lines) + "\n")
-        save_hf_model(engine.module, run_dir / "model", tokenizer)
-        writer.close()
-        atomic_write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a finished run
+        _write_outputs(run_dir, task, payload, engine, tokenizer, writer, metrics)
     if dist.world_size > 1:
-        import torch.distributed as tdist
-
-        tdist.barrier()
+        torch.distributed.barrier()
     if hasattr(engine, "destroy"):  # release DeepSpeed's hooks before the next seed builds a new engine
         engine.destroy()
     return metrics

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dstrain.config import UserError, config_to_dict, opt, require
-from dstrain.recipe import apply_recipe, parse_dropout
+from dstrain.recipe import StudentSettings, apply_recipe
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -99,20 +99,10 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
-class DistillConfig(TrainConfig):
-    """`distill`: a student from --teacher trained with the triple loss."""
+class DistillConfig(StudentSettings, TrainConfig):
+    """`distill`: a student from --teacher trained with the triple loss (the student's settings:
+    dstrain/recipe.py `StudentSettings`, shared with `init_student`)."""
 
-    teacher: str = opt(None, "teacher masked-LM: save_pretrained folder or cached HF name (a family of docs/FAMILIES.md)")
-    recipe: str = opt("dstrain", "defaults of mask_count, copy_vocab_transform, student_dropout, warmup_style and "
-                      "layer_map: dstrain, or reference (the reference code's choices); explicit flags win")
-    student_layers: int = opt(0, "student depth; 0 = half the teacher's layers")
-    layer_map: str | None = opt(None, "teacher layers copied into the student: even, reference ([0,2,4,7,9,11] for "
-                                "12->6) or a list. None: the --recipe's (dstrain: even)")
-    student_init: str = opt("teacher", "teacher (copy embeddings, MLM head, mapped layers) or random (ablation)")
-    copy_vocab_transform: bool | None = opt(None, "copy the MLM head's transform + LayerNorm from the teacher (false: "
-                                            "random init, the reference's default). None: the --recipe's (dstrain: true)")
-    student_dropout: str | None = opt(None, "student hidden and attention dropout: teacher (copy the teacher's) or a "
-                                      "number (the reference: 0.1). None: the --recipe's (dstrain: teacher)")
     alpha_ce: float = opt(5.0, "weight of the KL(teacher || student) term at temperature T")
     alpha_mlm: float = opt(2.0, "weight of the student's MLM cross-entropy")
     alpha_clm: float = opt(2.0, "weight of the student's next-token cross-entropy (causal-LM teachers, e.g. GPT-2)")
@@ -122,16 +112,12 @@ class DistillConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        require(bool(self.teacher), "teacher", "is required: a folder written by save_pretrained or a model name")
+        self.validate_student()
         require(self.temperature > 0, "temperature", "must be > 0")
         for a in ("alpha_ce", "alpha_mlm", "alpha_clm", "alpha_cos"):
             require(getattr(self, a) >= 0, a, "must be >= 0")
         require(self.alpha_ce + self.alpha_mlm + self.alpha_clm + self.alpha_cos > 0, "alpha_ce",
                 "every loss weight is 0; set at least one of --alpha_ce, --alpha_mlm, --alpha_cos > 0")
-        require(self.student_init in ("teacher", "random"), "student_init", "must be teacher or random")
-        require(self.student_layers >= 0, "student_layers", "must be >= 0 (0 = half the teacher)")
-
-        parse_dropout(self.student_dropout)
 
 
 @dataclasses.dataclass
