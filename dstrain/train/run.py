@@ -352,6 +352,9 @@ class Trainer:
         rank 0 writes the TensorBoard scalars."""
         self.window_terms, self.last_terms = self.meter.read(self.device, self.dist.world_size)
         w, engine = self.window, self.engine
+        self.window = Window()
+        if self.writer is None:  # not rank 0: nothing more to read back
+            return
         dt = max(time.time() - w.t0, 1e-9)
         s = {f"train/loss_{k}": v for k, v in self.window_terms.items()}
         s.update({"train/lr": engine.get_lr()[0], "train/skipped_steps": engine.skipped_steps,
@@ -366,7 +369,6 @@ class Trainer:
             if self.peak:
                 s["perf/mfu"] = w.flops / dt / self.peak
         self._scalars(s, step)
-        self.window = Window()
 
     # ================================================================ finish: save, evaluate, export
     def finish(self, stop_reason: str) -> dict[str, Any]:
