@@ -11,6 +11,7 @@ Commands are imported only when called, so `finetune --help` does not pay for De
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib
 import os
 import sys
@@ -72,17 +73,24 @@ def main(argv: list[str] | None = None) -> None:
     if len(argv) >= 2 and argv[0] in COMMANDS and argv[1] in ("--help", "-h", "help"):
         print(_help(argv[0]))
         return
+    code = 0
     try:
         fire.Fire({name: _lazy(name) for name in COMMANDS}, command=argv, name="dstrain")
     except UserError as e:
         print(f"dstrain: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        code = 2
     except Exception as e:  # a full disk, a read-only or forbidden path: the user's to fix, not a traceback
         msg = os_error_message(e, flag_value(argv, "out_dir"))
         if msg is None:
             raise
         print(f"dstrain: error: {msg}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        code = 2
+    if code:
+        # Exit outside the except block, after a collection: the error's traceback no longer holds the trainer,
+        # so its engine and process group are released now, not torn down with the interpreter (where a rank
+        # raced its peers and aborted: "terminate called without an active exception", exit 250).
+        gc.collect()
+        sys.exit(code)
 
 
 def _help(command: str) -> str:

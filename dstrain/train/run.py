@@ -558,9 +558,13 @@ def _train(cfg: TrainConfig, mode: str, preempt: Preemption) -> dict[str, Any]:
             return {"status": "finished", "step": cfg.max_steps}
         t.setup()
         return t.run()
+    except UserError:
+        t._close()  # the events logged so far reach the disk
+        raise
     except RuntimeError as e:
         if "timed out" not in str(e).lower():
             raise
+        t._close()
         # gloo raises this in the ranks that waited (NCCL's watchdog aborts them instead): one line, no traceback
         raise UserError(
             f"rank {os.environ.get('RANK', '0')}: a collective waited longer than --dist_timeout_minutes "
@@ -569,6 +573,7 @@ def _train(cfg: TrainConfig, mode: str, preempt: Preemption) -> dict[str, Any]:
             f"(or raise --dist_timeout_minutes if a step or a save can take longer).") from None
     finally:
         preempt.ignore()  # stopping now: a late signal must not kill this rank on its way out
+        t.batches = None  # the batch generator refers to the trainer: without it the trainer is freed on return
 
 
 def distill(**kwargs) -> None:

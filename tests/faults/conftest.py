@@ -167,6 +167,14 @@ def copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
+def unfinish(run: Path) -> Path:
+    """Make a finished run folder look interrupted after its last checkpoint (no metrics.json, no student/), so
+    a relaunch takes the resume path: a finished run relaunched is decided before any checkpoint is read."""
+    (run / "metrics.json").unlink()
+    shutil.rmtree(run / "student")
+    return run
+
+
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory, tiny_teacher_dir, tiny_shards_dir):  # noqa: F811
     """The uninterrupted run every interrupted one is compared with (with a per-sample trace)."""

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 
 from dstrain.checkpoint import verify
-from tests.faults.conftest import STEPS, copy_run, distill_args, run_job, scalars
+from tests.faults.conftest import STEPS, copy_run, distill_args, run_job, scalars, unfinish
 
 
 def test_case5_damaged_checkpoints_fall_back_with_a_logged_reason(tmp_path, tiny_teacher_dir, tiny_shards_dir,
@@ -14,9 +13,7 @@ def test_case5_damaged_checkpoints_fall_back_with_a_logged_reason(tmp_path, tiny
     each reason, resumes from the newest intact one (step 6) and ends exactly where the reference ended.
     (The copy lacks metrics.json and student/: a finished run would not train again, see test_lifecycle.py.)"""
     ref, _ = reference_run
-    out = copy_run(ref, tmp_path / "run")
-    (out / "metrics.json").unlink()
-    shutil.rmtree(out / "student")
+    out = unfinish(copy_run(ref, tmp_path / "run"))
     ck = out / "checkpoints"
     newest = ck / f"step-{STEPS:08d}"
     victim = max(newest.glob("*optim_states.pt"), key=lambda p: p.stat().st_size)
@@ -40,7 +37,7 @@ def test_case5_no_complete_checkpoint_is_an_error_not_a_fresh_start(tmp_path, ti
     """Every checkpoint incomplete (markers gone): both ranks stop with exit 2 and a message that says what to
     do; nothing of the run folder is touched (no fresh start over the old run)."""
     ref, _ = reference_run
-    out = copy_run(ref, tmp_path / "run")
+    out = unfinish(copy_run(ref, tmp_path / "run"))
     for m in (out / "checkpoints").glob("step-*/COMPLETE"):
         m.unlink()
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}

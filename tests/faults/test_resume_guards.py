@@ -1,5 +1,6 @@
 """Case 10: resuming with a different number of ranks, another teacher or another tokenizer is refused with
-a message that says what to do, and the run folder is left as it was."""
+a message that says what to do, and the run folder is left as it was. The runs resumed here were interrupted
+after their last checkpoint (`unfinish`); a finished run relaunched is tests/faults/test_lifecycle.py's."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 
 
-from tests.faults.conftest import copy_run, distill_args, run_job
+from tests.faults.conftest import copy_run, distill_args, run_job, unfinish
 from tests.launch import cpu_env
 
 
@@ -21,7 +22,7 @@ def _snapshot(run: Path) -> dict:
 
 def test_case10_different_world_size_is_refused_with_what_to_do(tmp_path, tiny_teacher_dir, tiny_shards_dir, reference_run):
     ref, _ = reference_run
-    out = copy_run(ref, tmp_path / "run")
+    out = unfinish(copy_run(ref, tmp_path / "run"))
     before = _snapshot(out)
     job = run_job(distill_args(tiny_teacher_dir, tiny_shards_dir, out), tmp_path / "log.txt", ranks=1, expect_rc=2)
     log = job.output()
@@ -56,7 +57,7 @@ def test_case10_another_teacher_is_refused(tmp_path, tiny_teacher_dir, tiny_shar
     from transformers import AutoModelForMaskedLM
 
     ref, _ = reference_run
-    out = copy_run(ref, tmp_path / "run")
+    out = unfinish(copy_run(ref, tmp_path / "run"))
     other = tmp_path / "teacher2"
     shutil.copytree(tiny_teacher_dir, other)
     m = AutoModelForMaskedLM.from_pretrained(other)
@@ -80,6 +81,7 @@ def test_case10_another_tokenizer_is_refused(tmp_path, tiny_teacher_dir, tiny_sh
     shutil.copytree(tiny_teacher_dir, teacher)
     args = distill_args(teacher, shards, out, max_steps=2)
     run_job(args, tmp_path / "log1.txt")
+    unfinish(out)
     vocab = json.loads((shards / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
     a, b = [t for t, i in sorted(vocab.items(), key=lambda x: x[1]) if i > 100][:2]
     for d in (shards / "tokenizer", teacher):

@@ -49,7 +49,7 @@ def test_time_limit_signal_checkpoints_and_requeues_before_the_kill(slurm_cluste
     log = log_of(out, job)
     assert info["Restarts"] == "1", (info, log[-6000:])
     slurm_cluster.run("scancel", str(job))
-    slurm_cluster.wait(job, timeout=120)
+    slurm_cluster.wait(job, timeout=300)
     assert "got SIGUSR1" in log, log[-6000:]
     m = re.search(r'preempted: \{"step": (\d+), "checkpoint": "(step-\d+)", "signal": 10\}', log)
     assert m, log[-6000:]
@@ -67,7 +67,7 @@ def test_plain_scancel_checkpoints_then_resubmission_finishes_and_a_requeue_of_i
     run = tmp_path / "runs" / "sc"
     _wait_log(slurm_cluster, out, job, "checkpoints/step-00000002 saved")
     slurm_cluster.run("scancel", str(job))
-    info = slurm_cluster.wait(job, timeout=120)
+    info = slurm_cluster.wait(job, timeout=300)
     log = log_of(out, job)
     assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", (info, log[-4000:])
     pre = json.loads((run / "PREEMPTED").read_text())
@@ -78,7 +78,7 @@ def test_plain_scancel_checkpoints_then_resubmission_finishes_and_a_requeue_of_i
 
     job2, out2 = submit(slurm_cluster, tmp_path, "slurm/distill_8node.sh", *args,
                         sbatch=(*ONE_NODE, "--time=30", "--job-name=resub"), **env)
-    info2 = slurm_cluster.wait(job2, timeout=240)
+    info2 = slurm_cluster.wait(job2, timeout=480)
     log2 = log_of(out2, job2)
     assert info2["JobState"] == "COMPLETED" and info2["ExitCode"] == "0:0", log2[-6000:]
     assert re.search(rf"resumed from \S+/{pre['checkpoint']} at step {pre['step']}", log2), log2[-6000:]
@@ -87,7 +87,7 @@ def test_plain_scancel_checkpoints_then_resubmission_finishes_and_a_requeue_of_i
 
     job3, out3 = submit(slurm_cluster, tmp_path, "slurm/distill_8node.sh", *args,
                         sbatch=(*ONE_NODE, "--time=30", "--job-name=again"), **env)
-    info3 = slurm_cluster.wait(job3, timeout=240)
+    info3 = slurm_cluster.wait(job3, timeout=480)
     log3 = log_of(out3, job3)
     assert info3["JobState"] == "COMPLETED" and info3["ExitCode"] == "0:0", log3[-6000:]
     assert f"already finished at step {max_steps}" in log3

@@ -129,7 +129,7 @@ def test_distill_2_nodes_x_2_ranks(slurm_cluster, tmp_path, tiny_teacher, tiny_s
     job, out = submit(slurm_cluster, tmp_path, "slurm/distill_8node.sh", "--max_steps", "40", *TINY_ARGS,
                       sbatch=("--nodes=2", "--gpus-per-node=2", "--time=30", "--job-name=d2x2"),
                       TEACHER=str(tiny_teacher), DATA=str(tiny_shards_dir))
-    info = slurm_cluster.wait(job, timeout=240)
+    info = slurm_cluster.wait(job, timeout=480)
     log = log_of(out, job)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-8000:]
     run = tmp_path / "runs" / f"d2x2-{job}"
@@ -167,7 +167,7 @@ def test_preempt_checkpoint_requeue_resume(slurm_cluster, tmp_path, tiny_teacher
                       sbatch=("--nodes=2", "--gpus-per-node=2", "--time=30", "--job-name=pre"),
                       TEACHER=str(tiny_teacher), DATA=str(tiny_shards_dir), RESIGNAL_SECS="5")
     run = tmp_path / "runs" / f"pre-{job}"
-    deadline = time.time() + 120
+    deadline = time.time() + 240
     while log_of(out, job).count("starts its ranks") < 2:  # both launchers are up, ranks are importing
         assert time.time() < deadline, log_of(out, job)[-8000:]
         assert slurm_cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), log_of(out, job)[-8000:]
@@ -176,10 +176,10 @@ def test_preempt_checkpoint_requeue_resume(slurm_cluster, tmp_path, tiny_teacher
 
     # the job goes back to the queue by itself (Restarts=1) and starts again once Slurm lets it (the
     # test cluster sets AuthInfo=cred_expire=10; Slurm's default holds a requeued job for 120 s)
-    requeued = slurm_cluster.wait(job, timeout=120, until=lambda j: int(j["Restarts"]) >= 1
+    requeued = slurm_cluster.wait(job, timeout=300, until=lambda j: int(j["Restarts"]) >= 1
                                   or j["JobState"] in ("COMPLETED", "FAILED", "CANCELLED"))
     assert requeued["Restarts"] == "1", (requeued, log_of(out, job)[-4000:])
-    info = slurm_cluster.wait(job, timeout=240)
+    info = slurm_cluster.wait(job, timeout=480)
     log = log_of(out, job)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-8000:]
     assert info["Restarts"] == "1"
@@ -214,7 +214,7 @@ def test_finetune_glue_array(slurm_cluster, tmp_path, tiny_teacher):
                       "--max_train_examples", "32", "--max_eval_examples", "16", "--eval_batch_size_per_gpu", "16",
                       sbatch=("--array=0-1", "--cpus-per-task=1", "--time=20", "--job-name=ft"),
                       MODEL=str(tiny_teacher), TASKS="shakespeare_genre,rte", GLUE_DIR=str(tmp_path / "glue"))
-    records = slurm_cluster.wait(job, timeout=240)
+    records = slurm_cluster.wait(job, timeout=480)
     logs = log_of(out, job)
     assert [r["JobState"] for r in records] == ["COMPLETED", "COMPLETED"], logs[-6000:]
     sweep = tmp_path / "runs" / f"ft-{job}"
