@@ -8,4 +8,4 @@ bash scripts/install_slurm.sh || echo "dstrain: WARNING: could not install Slurm
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # 3 workers on 2 cores: one worker kept the cores about half busy (launchers, rendezvous, timeouts, Slurm
 # scheduling wait); tests that share an expensive fixture run on one worker (tests/conftest.py).
-exec .venv/bin/python -m pytest -n "${DSTRAIN_TEST_WORKERS:-3}" --dist loadgroup "$@"
+exec .venv/bin/python -m pytest -n "${DSTRAIN_TEST_WORKERS:-3}" --dist loadfile "$@"

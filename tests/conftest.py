@@ -47,30 +47,46 @@ def tiny_shards_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
 
 
 # ------------------------------------------------------------------------------ pytest-xdist grouping
-# scripts/test.sh runs `pytest -n 3 --dist loadgroup`: each group runs on one worker. A file's tests stay
-# together (its module fixtures are built once), and the files that share one of these expensive session
-# fixtures (a real multi-rank run or a private Slurm cluster) join one group, so the fixture is built once.
+# scripts/test.sh runs `pytest -n 3 --dist loadfile`; the scheduler below (this hook wins over --dist) sends each
+# group to one worker. A group is a file (its module fixtures are built once), except that the files sharing
+# an expensive session fixture (a real multi-rank run, a private Slurm cluster) form one group, so the fixture
+# is built once, and a parametrized module fixture with one real run per parameter (`family_run`) is split
+# per parameter. (xdist's own --dist loadgroup marks have no effect with pytest 9: it renames `_nodeid`, which
+# pytest 9 no longer reads.) `pytest_collection_modifyitems` checks that the table matches the fixtures.
 SHARED_FIXTURES = {"reference_run": "faults-reference", "lifecycle_chain": "faults-lifecycle",
                    "slurm_cluster": "slurm"}
-SPLIT_BY_PARAM = {"family_run"}
+GROUP_OF_FILE = {
+    "tests/faults/test_kill_resume.py": "faults-reference", "tests/faults/test_preemption.py": "faults-reference",
+    "tests/faults/test_resume_guards.py": "faults-reference",
+    "tests/faults/test_checkpoint_faults.py": "faults-reference",
+    "tests/faults/test_lifecycle.py": "faults-lifecycle", "tests/faults/test_trust.py": "faults-lifecycle",
+    "tests/slurm/test_templates.py": "slurm", "tests/slurm/test_stop_signals.py": "slurm",
+}
+SPLIT_BY_PARAM = {"tests/families/test_e2e.py"}
+
+
+def xdist_group(nodeid: str) -> str:
+    """The scheduling group of a test id (see above)."""
+    f = nodeid.split("::", 1)[0]
+    if f in SPLIT_BY_PARAM and "[" in nodeid:
+        return f + "[" + nodeid.split("[", 1)[1]
+    return GROUP_OF_FILE.get(f, f)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid)
+
+    return GroupScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            x = parent[x]
-        return x
-
     for it in items:
-        f = it.nodeid.split("::")[0]
+        f = it.nodeid.split("::", 1)[0]
         for fx in it.fixturenames:
-            if fx in SHARED_FIXTURES:
-                parent[find(f)] = find(SHARED_FIXTURES[fx])
-    for it in items:
-        group = find(it.nodeid.split("::")[0])
-        # a module fixture with parameters (one real run per model family): one group per parameter
-        split = [f"{k}={v}" for k, v in sorted(getattr(it, "callspec", None).params.items())
-                 if k in SPLIT_BY_PARAM] if hasattr(it, "callspec") else []
-        it.add_marker(pytest.mark.xdist_group(group + (f"[{','.join(split)}]" if split else "")))
+            if fx in SHARED_FIXTURES and GROUP_OF_FILE.get(f) != SHARED_FIXTURES[fx]:
+                raise pytest.UsageError(f"{it.nodeid} uses the shared fixture {fx}: add {f!r}: "
+                                        f"{SHARED_FIXTURES[fx]!r} to GROUP_OF_FILE in tests/conftest.py")
