@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from dstrain.config import ConfigError, UserError
-from tests.faults.conftest import STEPS, Job, distill_args
-from tests.launch import ROOT, cpu_env, run_cli
+from tests.faults.conftest import STEPS, Job, distill_args, fault_env
+from tests.launch import ROOT, cpu_env, free_port, run_cli
 
 
 def _one_line_exit_2(proc, expect: str) -> None:
@@ -116,12 +116,13 @@ def test_full_disk_is_one_line_keeps_the_last_checkpoint_and_the_relaunch_finish
 
     out = tmpfs / "run"
     args = distill_args(tiny_teacher_dir, tiny_shards_dir, out)
-    job = Job(args, tmp_path / "a.log", ranks=1)
     latest = out / "checkpoints" / "latest"
-    job.wait_for(lambda: latest.is_file() and latest.read_text() == "step-00000002", "the step-2 checkpoint",
-                 timeout=900)  # start-up can wait minutes for DeepSpeed's JIT build of its CPU op on a busy machine
     filler = tmpfs / "filler"
-    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=100"], capture_output=True)
+    # one process, started as a launcher would start rank 0 of 1, so that the fault injection acts in it: the disk
+    # fills right after the step-2 checkpoint became `latest` (a test polling for it lost the race on a busy machine)
+    env = fault_env({"rank": 0, "fill_after_replace": "checkpoints/latest", "fill_file": str(filler)},
+                    RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    job = Job(args, tmp_path / "a.log", ranks=1, env=env)
     assert job.wait(timeout=600) == 2, job.tail()
     log = job.output()
     errors = [line for line in log.splitlines() if "dstrain: error:" in line]

@@ -132,6 +132,11 @@ def test_shakespeare_genre_runs_offline_with_genre_labels(tiny_bert_dir, tmp_pat
 
 
 def test_bad_input_on_the_command_line_fails_before_any_output(tiny_bert_dir, sst2_dir, sst2_run, tmp_path):
+    """One real command line (exit 2, one line, no traceback); the other bad inputs go through `finetune()`
+    in-process, which raises the same UserError before any process group or output."""
+    from dstrain.config import UserError
+    from dstrain.finetune.run import finetune
+
     proc = run_cli("finetune", "--model", str(tiny_bert_dir), "--task", "sts-b", "--out_dir", str(tmp_path / "a"),
                    check=False)
     assert proc.returncode == 2 and "Did you mean `stsb`?" in proc.stderr and "Traceback" not in proc.stderr
@@ -139,16 +144,16 @@ def test_bad_input_on_the_command_line_fails_before_any_output(tiny_bert_dir, ss
     bad.mkdir()
     (bad / "train.tsv").write_text((sst2_dir / "train.tsv").read_text())
     (bad / "dev.tsv").write_text("sentence\tlabel\nfine\t1\nodd\tpositive-ish\n")
-    proc = run_cli("finetune", "--model", str(tiny_bert_dir), "--task", "sst2", "--data_dir", str(bad),
-                   "--out_dir", str(tmp_path / "b"), check=False)
-    assert proc.returncode == 2 and f"{bad / 'dev.tsv'} line 3: label 'positive-ish'" in proc.stderr
+    with pytest.raises(UserError) as e:
+        finetune(model=str(tiny_bert_dir), task="sst2", data_dir=str(bad), out_dir=str(tmp_path / "b"))
+    assert f"{bad / 'dev.tsv'} line 3: label 'positive-ish'" in str(e.value)
     assert not (tmp_path / "b").exists()
     out, _ = sst2_run
-    proc = run_cli("finetune", "--model", str(tiny_bert_dir), "--task", "sst2", "--data_dir", str(sst2_dir),
-                   "--out_dir", str(out), check=False)
-    assert proc.returncode == 2 and "already holds a finished run" in proc.stderr
+    with pytest.raises(UserError, match="already holds a finished run"):
+        finetune(model=str(tiny_bert_dir), task="sst2", data_dir=str(sst2_dir), out_dir=str(out))
     before = (out / "metrics.json").read_text()
-    proc = run_cli("finetune", "--model", str(tiny_bert_dir), "--task", "sst2", "--data_dir", str(sst2_dir),
-                   "--out_dir", str(out), "--overwrite", "true", "--max_seq_length", "256", check=False)
-    assert proc.returncode == 2 and "--max_seq_length 256: the model" in proc.stderr and "128 positions" in proc.stderr
+    with pytest.raises(UserError) as e:
+        finetune(model=str(tiny_bert_dir), task="sst2", data_dir=str(sst2_dir), out_dir=str(out), overwrite=True,
+                 max_seq_length=256)
+    assert "--max_seq_length 256: the model" in str(e.value) and "128 positions" in str(e.value)
     assert (out / "metrics.json").read_text() == before  # a refused rerun leaves the old results alone

@@ -152,8 +152,17 @@ def test_same_seed_gives_the_same_teacher(quick_run, tmp_path):
     (["--pretrain_mlm_probability", "1.5"], "--pretrain_mlm_probability: must be in (0, 1)"),
 ])
 def test_bad_settings_are_clear_errors(tmp_path, args, needle):
-    proc = run_cli("study", "--out_dir", str(tmp_path / "r"), "--quick", *args, check=False, timeout=120)
-    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+    """In-process through `study()` itself, with the values parsed as Fire parses them from the command line
+    (the CLI's exit code 2 and one-line message: test_refuses_a_folder_that_is_not_a_study, below)."""
+    from fire.parser import DefaultParseValue
+
+    from dstrain.config import UserError
+    from dstrain.study.run import study
+
+    kwargs = {args[0].lstrip("-"): DefaultParseValue(args[1])}
+    with pytest.raises(UserError) as e:
+        study(out_dir=str(tmp_path / "r"), quick=True, **kwargs)
+    assert needle in f"dstrain: error: {e.value}", str(e.value)
     assert not (tmp_path / "r").exists()
 
 

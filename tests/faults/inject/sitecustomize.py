@@ -15,6 +15,9 @@ it. It does nothing unless DSTRAIN_INJECT holds a JSON object; its keys (all opt
                     embeddings (a row no sequence reaches, so the loss stays finite): a weight gone bad in memory
     kill_on_replace SIGKILL this rank just before it os.replace()s a file whose path ends with this string
                     (e.g. "step-00000006/COMPLETE": dies mid-save, everything but the marker written)
+    fill_after_replace  right after this rank's first os.replace() onto a path ending with this string (e.g.
+                    "checkpoints/latest": the first checkpoint is complete), fill the filesystem of the path
+                    `fill_file` with zeros until it is full (a disk that fills up at a known moment)
     rmtree_fails    shutil.rmtree of a folder with this name raises PermissionError on this rank
                     (an undeletable old checkpoint, e.g. on a filesystem that refuses the unlink)
     trace           folder: every rank appends one JSON line per micro-step to trace/rank<R>.jsonl with
@@ -156,6 +159,24 @@ def _install() -> None:
             return real_replace(src, dst, *a, **kw)
 
         os.replace = replace
+    if acts and _SPEC.get("fill_after_replace"):
+        inner_replace, filled = os.replace, []
+
+        def replace_then_fill(src, dst, *a, **kw):
+            r = inner_replace(src, dst, *a, **kw)
+            if not filled and str(dst).endswith(_SPEC["fill_after_replace"]):
+                filled.append(True)
+                chunk = b"\0" * (1 << 20)
+                with open(_SPEC["fill_file"], "wb") as f:
+                    try:
+                        while True:
+                            f.write(chunk)
+                            f.flush()
+                    except OSError:
+                        pass
+            return r
+
+        os.replace = replace_then_fill
     if acts and _SPEC.get("rmtree_fails"):
         import shutil
 
