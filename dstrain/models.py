@@ -50,7 +50,6 @@ def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device: 
     """
     from dstrain.families import check_model
 
-
     fam = check_model(name_or_path, "--teacher")  # a supported family, or a UserError naming them
     teacher = load_pretrained(fam.auto_class(), name_or_path, "teacher", "a causal LM" if fam.causal else "a masked-LM",
                               dtype=dtype)

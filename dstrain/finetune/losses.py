@@ -55,3 +55,21 @@ def span_distill_loss(start_logits, end_logits, start_positions, end_positions, 
     l_ce = (soft_kl(start_logits, t_start, temperature) + soft_kl(end_logits, t_end, temperature)) / 2
     l_task = span_loss(start_logits, end_logits, start_positions, end_positions)
     return alpha_ce * l_ce + alpha_task * l_task, {"loss_ce": l_ce, "loss_task": l_task}
+
+
+def finetune_loss(out, t_out, batch: dict, kind: str, alpha_ce: float, alpha_task: float, temperature: float
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one micro-batch: (loss, {term: value}). `out`/`t_out`: the student's and the teacher's model
+    outputs (t_out None: no teacher); `kind`: the task's (classification, regression or span). Without a teacher
+    the task loss alone; with one, alpha_task * task loss + alpha_ce * the distillation term above."""
+    if kind == "span":
+        if t_out is None:
+            loss = span_loss(out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"])
+            return loss, {"loss_task": loss}
+        return span_distill_loss(out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"],
+                                 t_out.start_logits, t_out.end_logits, alpha_ce, alpha_task, temperature)
+    if t_out is None:
+        loss = task_loss(out.logits, batch["label"], kind)
+        return loss, {"loss_task": loss}
+    return classification_distill_loss(out.logits, batch["label"], t_out.logits, kind, alpha_ce, alpha_task,
+                                       temperature)

@@ -327,26 +327,6 @@ def load_teacher(cfg: FinetuneConfig, task, tokenizer, model):
     return teacher
 
 
-def finetune_loss(out, t_out, batch: dict, task, cfg: FinetuneConfig):
-    """The loss of one micro-batch: (loss, {term: value}). Without a teacher the task loss alone (cross-entropy,
-    MSE for regression, start/end cross-entropy for spans); with one, alpha_task * task loss + alpha_ce *
-    KL(teacher || student) at --temperature (dstrain/finetune/losses.py)."""
-    from dstrain.finetune import losses  # lazy: imports torch
-
-    if task.kind == "span":
-        if t_out is None:
-            loss = losses.span_loss(out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"])
-            return loss, {"loss_task": loss}
-        return losses.span_distill_loss(out.start_logits, out.end_logits, batch["start_positions"],
-                                        batch["end_positions"], t_out.start_logits, t_out.end_logits, cfg.alpha_ce,
-                                        cfg.alpha_task, cfg.temperature)
-    if t_out is None:
-        loss = losses.task_loss(out.logits, batch["label"], task.kind)
-        return loss, {"loss_task": loss}
-    return losses.classification_distill_loss(out.logits, batch["label"], t_out.logits, task.kind, cfg.alpha_ce,
-                                              cfg.alpha_task, cfg.temperature)
-
-
 def _build_engine(cfg: FinetuneConfig, model, dist, ds_base: dict, batch: tuple[int, int, int], total_steps: int):
     """DeepSpeed engine around `model` with our AdamW and schedule: (engine, scheduler, precision, ds_cfg)."""
     import deepspeed  # lazy: slow to import
@@ -422,6 +402,7 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
     from torch.utils.data import DataLoader, DistributedSampler
 
     from dstrain.engine import log_scalars, tb_writer  # lazy: imports torch
+    from dstrain.finetune.losses import finetune_loss
 
     _set_seed(seed)  # before loading: the fresh task head is initialised from this seed
     micro, accum, global_bs = batch
@@ -463,7 +444,7 @@ def _run_one(cfg: FinetuneConfig, seed: int, run_dir: Path, dist, ds_base: dict,
             if teacher is not None:
                 with torch.no_grad():
                     t_out = teacher(**{k: v for k, v in b.items() if k in teacher_keys})
-            loss, terms = finetune_loss(out, t_out, b, task, cfg)
+            loss, terms = finetune_loss(out, t_out, b, task.kind, cfg.alpha_ce, cfg.alpha_task, cfg.temperature)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"non-finite loss {loss.item()} at step {step}; lower --lr or use fp32")
             engine.backward(loss)  # DeepSpeed divides by the accumulation steps

@@ -12,13 +12,19 @@ import torch
 def reduce_by_name(values: dict[str, Any], device: torch.device, world_size: int) -> dict[str, float]:
     """Sum each named value over the ranks in one all-reduce and read it back: {name: float}.
 
-    `values` holds 0-d device tensors or host numbers; every rank must pass the same names in the same order."""
-    parts = [v.detach().float().reshape(1).to(device) if torch.is_tensor(v) else
-             torch.tensor([float(v)], device=device) for v in values.values()]
+    `values` holds 0-d device tensors or host numbers; every rank must pass the same names in the same order.
+    The device values are stacked and the host numbers copied over as one tensor (this runs every step)."""
+    dev = [k for k, v in values.items() if torch.is_tensor(v)]
+    host = [k for k in values if k not in dev]
+    parts = []
+    if dev:
+        parts.append(torch.stack([values[k].detach().float().reshape(()) for k in dev]).to(device))
+    if host:
+        parts.append(torch.tensor([float(values[k]) for k in host], device=device))
     t = torch.cat(parts)
     if world_size > 1:
         torch.distributed.all_reduce(t)
-    return dict(zip(values, t.tolist()))
+    return dict(zip(dev + host, t.tolist()))
 
 
 class LossMeter:
