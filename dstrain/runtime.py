@@ -16,6 +16,7 @@ import difflib
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -85,9 +86,35 @@ class Dist:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_port() -> int:
+    """A TCP port that is free now, for a rendezvous that binds it later (seconds later, after imports).
+
+    Not port 0's answer: that comes from the kernel's ephemeral range, which the kernel also hands to every
+    outgoing connection (gloo opens one per peer), so in the seconds before the store binds it another
+    process's connection could take it: EADDRINUSE, seen with three test workers side by side. A port below
+    the range is only ever taken by someone binding it on purpose. The draw uses its own generator: the
+    global one is seeded by training, and every process would otherwise draw the same port."""
+    lo, hi = _ephemeral_range()
+    span = range(max(1024, lo - 20000), lo) if lo - 1024 >= 1000 else range(hi + 1, 65536)
+    draw = random.SystemRandom()
+    for _ in range(200):
+        port = draw.choice(span)
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # everything outside the range is taken: the kernel's choice is all that is left
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
@@ -168,18 +195,13 @@ def init_distributed(timeout_minutes: float = 30.0) -> Dist:
         os.environ["RANK"] = os.environ["SLURM_PROCID"]
         os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
         os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
-        if os.environ["WORLD_SIZE"] == "1":  # a world of one (srun of one task) needs no rendezvous address
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        elif not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
+        if os.environ["WORLD_SIZE"] != "1" and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
             raise UserError(
                 f"srun started {os.environ['WORLD_SIZE']} tasks but MASTER_ADDR/MASTER_PORT are not set: export them "
                 f"before srun (the first node of the job and a free port), or use the templates in slurm/, which "
                 f"start one torchrun per node")
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_SIZE="1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
     import deepspeed
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -192,11 +214,29 @@ def init_distributed(timeout_minutes: float = 30.0) -> Dist:
         device = torch.device("cpu")
         backend = "gloo"
     _default_group_timeout(timeout_minutes)  # before any group: the world's and DeepSpeed's own
-    if not torch.distributed.is_initialized():
+    if not deepspeed.comm.is_initialized():
+        if world == 1 and not os.environ.get("MASTER_PORT") and not torch.distributed.is_initialized():
+            _world_of_one(backend, timeout_minutes)
         deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
         if not use_cuda:
             _unlink_shm_buffers(rank)
     return Dist(rank=rank, local_rank=local_rank, world_size=world, device=device)
+
+
+def _world_of_one(backend: str, timeout_minutes: float) -> None:
+    """The process group of a run without a launcher, on a store bound to a port the kernel picks at bind.
+
+    Picking a port first and binding it later can lose it to another process in between (EADDRINUSE); a
+    store bound to port 0 cannot. MASTER_PORT is then set to the bound port: DeepSpeed's CPU all-reduce
+    names its /dev/shm buffer after it, and a bound port is one no concurrent run on this machine has.
+    DeepSpeed's init_distributed then finds the group made and keeps it."""
+    import torch
+
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    store = torch.distributed.TCPStore("127.0.0.1", 0, 1, True, timeout=timeout)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(store.port)
+    torch.distributed.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
 
 
 def _unlink_shm_buffers(rank: int) -> None:

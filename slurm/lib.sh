@@ -13,9 +13,10 @@ pick_python() {
   command -v "$PYTHON" >/dev/null 2>&1 || die "PYTHON=$PYTHON is not an executable; set PYTHON to the python of the dstrain environment"
 }
 
-# A TCP port free on this (the head) node right now, for the rendezvous.
+# A TCP port free on this (the head) node right now, for the rendezvous: drawn below the kernel's
+# ephemeral range, so no outgoing connection can take it before torchrun binds it (dstrain.runtime.free_port).
 free_port() {
-  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
+  PYTHONPATH="$DSTRAIN_HOME${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -c 'from dstrain.runtime import free_port; print(free_port())'
 }
 
 # Fail before any work when an input is missing: every check names the variable to change.

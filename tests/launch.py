@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from dstrain.runtime import free_port  # noqa: F401 (the tests' port picker too)
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(ROOT / "dstrain" / "cli.py")
@@ -20,12 +21,6 @@ def cpu_env(**extra: str) -> dict[str, str]:
                PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
     env.update(extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_cli(*args: str, ranks: int = 1, timeout: float = 600, check: bool = True, env: dict | None = None,

@@ -61,3 +61,55 @@ def test_device_type_honours_ds_accelerator_on_a_gpu_host(monkeypatch):
     assert device_type() == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert device_type() == "cpu"
+
+
+def test_free_port_draws_below_the_ephemeral_range_with_its_own_generator():
+    """A port found by binding port 0 is an ephemeral one, which any outgoing connection (gloo opens one per
+    peer) can take in the seconds before the rendezvous binds it: EADDRINUSE, seen in CI with three test
+    workers. free_port draws outside that range, ports that are free, independently of the seeded global RNG
+    (training seeds it; every process would otherwise draw the same port)."""
+    import random
+    import socket
+
+    from dstrain.runtime import _ephemeral_range
+
+    lo, hi = _ephemeral_range()
+    random.seed(0)
+    first = [free_port() for _ in range(8)]
+    random.seed(0)
+    second = [free_port() for _ in range(8)]
+    assert first != second
+    for port in first + second:
+        assert not lo <= port <= hi, (port, lo, hi)
+        with socket.socket() as s:
+            s.bind(("", port))  # free: raises if not
+
+
+def test_a_world_of_one_does_not_depend_on_a_port_picked_in_advance(tmp_path):
+    """`python dstrain/cli.py ...` (no launcher) binds its store to a port the kernel picks at bind time, so
+    no other process can take the port between the pick and the bind. Here every port picked in advance is
+    already taken (the race lost on purpose); the world of one still starts, and its MASTER_PORT, which names
+    DeepSpeed's /dev/shm buffer, is the port its own store holds."""
+    script = tmp_path / "one.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, socket, sys; sys.path.insert(0, {str(ROOT)!r})
+        import torch
+        import dstrain.runtime as runtime
+        squat = socket.socket(); squat.bind(("", 0)); squat.listen()
+        runtime.free_port = lambda: squat.getsockname()[1]   # whatever is picked in advance is taken
+        d = runtime.init_distributed(1)
+        x = torch.ones(2); torch.distributed.all_reduce(x)
+        port = int(os.environ["MASTER_PORT"])
+        held = socket.socket()
+        try:
+            held.bind(("", port)); print("FREE", port)
+        except OSError:
+            print("HELD", port, d.world_size, x.tolist())
+        torch.distributed.destroy_process_group()
+    """))
+    env = cpu_env()
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS"):
+        env.pop(k, None)
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("HELD") and "1 [1.0, 1.0]" in proc.stdout, proc.stdout

@@ -38,6 +38,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from dstrain.runtime import free_port
+
 SLURM_TOOLS = ("slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "scancel", "munged", "munge", "unmunge")
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = ROOT / "scripts" / "install_slurm.sh"
@@ -57,12 +59,6 @@ def slurm_unavailable_reason(install: bool = True) -> str | None:
     if os.geteuid() != 0:
         return "the local Slurm cluster must be started as root (slurmd runs jobs as any user)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def _alive(pid: int) -> bool:
@@ -193,7 +189,7 @@ class LocalSlurmCluster:
     def _write_conf(self) -> None:
         host = socket.gethostname().split(".")[0]
         ctl_addr = f"{self.subnet}.1" if self.mode == "netns" else "127.0.0.1"
-        self.ctld_port = _free_port()
+        self.ctld_port = free_port()
         gres = ""
         if self.gpus_per_node:
             # Fake GPUs so templates that ask for `--gpus-per-node` schedule: empty files as devices.
@@ -240,7 +236,7 @@ class LocalSlurmCluster:
             if self.mode == "netns":
                 where = f"NodeAddr={self.addr(i)}"
             else:
-                where = f"NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()}"
+                where = f"NodeHostname={host} NodeAddr=127.0.0.1 Port={free_port()}"
             lines.append(f"NodeName={name} {where} CPUs={self.cpus_per_node} RealMemory={self.mem_per_node_mb} "
                          f"{gres} State=UNKNOWN")
         lines.append("PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO")
