@@ -118,6 +118,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# What a launcher sets for one rank (and what a world of one sets for itself: MASTER_PORT names its store).
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT",
+             "CROSS_RANK", "CROSS_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a child that is a run of its own (a study step, a check's command).
+
+    Without the rendezvous variables: inherited, they would make the child join this process's world, or
+    bind the port this process's store holds (EADDRINUSE: a test process that had run a world of one
+    in-process passed its MASTER_PORT to the launches after it)."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env.update(extra)
+    return env
+
+
 def world_from_env() -> tuple[int, int]:
     """(world size, rank) before the process group exists: launcher variables, Slurm's, or a world of one."""
     if "WORLD_SIZE" in os.environ:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
+from dstrain.runtime import child_env  # noqa: E402
 
 GRID = [(128, 128), (128, 256), (128, 512), (512, 32), (512, 64)]
 DRY_GRID = [(16, 2)]
@@ -174,7 +175,7 @@ def _cli(args, log: Path, *argv, env=None, timeout=240) -> int:
         print("would run:", " ".join(cmd), flush=True)
         return 0
     with open(log, "w") as f:
-        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, timeout=timeout,
+        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env(**(env or {})), timeout=timeout,
                            cwd=ROOT)
     print(f"rc {p.returncode}: {' '.join(argv[:1])} ... (log {log})", flush=True)
     return p.returncode

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dstrain.runtime import free_port  # noqa: F401 (the tests' port picker too)
+from dstrain.runtime import child_env, free_port  # noqa: F401 (the tests' port picker too)
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(ROOT / "dstrain" / "cli.py")
@@ -16,7 +16,7 @@ BIN = Path(sys.executable).parent
 
 
 def cpu_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
+    env = child_env()  # not a MASTER_PORT that an in-process test's world of one left in this process
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
     env.update(extra)

@@ -89,7 +89,9 @@ def test_a_world_of_one_does_not_depend_on_a_port_picked_in_advance(tmp_path):
     """`python dstrain/cli.py ...` (no launcher) binds its store to a port the kernel picks at bind time, so
     no other process can take the port between the pick and the bind. Here every port picked in advance is
     already taken (the race lost on purpose); the world of one still starts, and its MASTER_PORT, which names
-    DeepSpeed's /dev/shm buffer, is the port its own store holds."""
+    DeepSpeed's /dev/shm buffer, is the port its own store holds. That port is then in this process's
+    environment, and a child started as a run of its own must not inherit it (EADDRINUSE seen in CI: a test
+    process that had run a world of one in-process passed it to every launch after it)."""
     script = tmp_path / "one.py"
     script.write_text(textwrap.dedent(f"""
         import os, socket, sys; sys.path.insert(0, {str(ROOT)!r})
@@ -105,11 +107,13 @@ def test_a_world_of_one_does_not_depend_on_a_port_picked_in_advance(tmp_path):
             held.bind(("", port)); print("FREE", port)
         except OSError:
             print("HELD", port, d.world_size, x.tolist())
+        from tests.launch import cpu_env
+        print("CHILD", sorted(set(runtime.DIST_VARS) & (set(runtime.child_env()) | set(cpu_env()))))
         torch.distributed.destroy_process_group()
     """))
-    env = cpu_env()
-    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS"):
-        env.pop(k, None)
+    env = cpu_env(PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1].startswith("HELD") and "1 [1.0, 1.0]" in proc.stdout, proc.stdout
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-2].startswith("HELD") and "1 [1.0, 1.0]" in lines[-2], proc.stdout
+    assert lines[-1] == "CHILD []", proc.stdout

@@ -22,15 +22,9 @@ from pathlib import Path
 from typing import Callable
 
 from dstrain.config import UserError, atomic_write_json
-from dstrain.runtime import device_type
+from dstrain.runtime import child_env, device_type
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-
-# Variables a launcher may have set for the study process itself: each step is its own world of one
-# and must pick its own rendezvous port, or two steps running side by side would collide.
-_DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT",
-              "CROSS_RANK", "CROSS_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
-
 
 @dataclasses.dataclass
 class Step:
@@ -68,7 +62,7 @@ def _show(arg: str, run_dir: Path) -> str:
 
 
 def step_env(threads: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    env = child_env()  # each step is its own world of one, not a rank of whatever launched the study
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
                PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     if device_type() == "cpu":  # the steps run where this process would: DS_ACCELERATOR=cpu or no GPU
