@@ -72,16 +72,16 @@ def test_case10_another_teacher_is_refused(tmp_path, tiny_teacher_dir, tiny_shar
     assert _snapshot(out) == before
 
 
-def test_case10_another_tokenizer_is_refused(tmp_path, tiny_teacher_dir, tiny_shards_dir):
-    """A short run, then its teacher's and shards' tokenizer files are changed in place (two ids swapped: same
-    size and special ids, a different vocabulary), so teacher and shards still agree with each other and only
-    the checkpoint can tell."""
-    shards, teacher, out = tmp_path / "shards", tmp_path / "teacher", tmp_path / "run"
+def test_case10_another_tokenizer_is_refused(tmp_path, tiny_teacher_dir, tiny_shards_dir, reference_run):
+    """The reference run, interrupted, relaunched on copies of its teacher and shards whose tokenizer files were
+    changed in place (two ids swapped: same size and special ids, a different vocabulary), so teacher and
+    shards still agree with each other and only the checkpoint can tell."""
+    ref, _ = reference_run
+    out = unfinish(copy_run(ref, tmp_path / "run"))
+    shards, teacher = tmp_path / "shards", tmp_path / "teacher"
     shutil.copytree(tiny_shards_dir, shards)
     shutil.copytree(tiny_teacher_dir, teacher)
-    args = distill_args(teacher, shards, out, max_steps=2)
-    run_job(args, tmp_path / "log1.txt")
-    unfinish(out)
+    args = distill_args(teacher, shards, out)
     vocab = json.loads((shards / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
     a, b = [t for t, i in sorted(vocab.items(), key=lambda x: x[1]) if i > 100][:2]
     for d in (shards / "tokenizer", teacher):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dstrain.checkpoint import verify
-from tests.launch import cpu_env, run_cli
+from tests.launch import run_cli
 
 TRAIN_SCALARS = {"train/loss_total", "train/loss_ce", "train/loss_mlm", "train/loss_cos", "train/lr",
                  "train/skipped_steps", "train/grad_norm", "perf/tokens_per_s", "perf/samples_per_s",
@@ -31,7 +31,7 @@ def scalars(run: Path) -> dict[str, dict[int, float]]:
 def distill_args(teacher, shards, out, ds_config="ds_configs/cpu_zero3.json", steps=8, **extra):
     flags = dict(teacher=teacher, data=shards, out_dir=out, ds_config=ds_config, max_steps=steps,
                  micro_batch_size_per_gpu=4, grad_accum_steps=2, lr=3e-3, warmup_frac=0.25, log_every=1,
-                 eval_every=4, eval_batches=2, save_every=4, keep_last=1, seed=7)
+                 eval_every=4, eval_batches=2, save_every=4, keep_last=2, seed=7)
     flags.update(extra)
     return ("distill", *[x for k, v in flags.items() for x in (f"--{k}", str(v))])
 
@@ -61,9 +61,10 @@ def test_zero3_two_ranks_outputs(zero3_run):
     assert (loss[7] + loss[8]) / 2 < (loss[1] + loss[2]) / 2  # the loss falls
     lr = sc["train/lr"]
     assert lr[1] == pytest.approx(3e-3) and lr[8] < lr[4]  # warmup over 2 steps, then linear decay
-    # keep_last 1: the step-4 checkpoint was rotated away; the final one is complete and named by latest
+    # keep_last 2 (rotation: tests/faults/test_trust.py): both checkpoints complete, the final one named by latest
     ck = out / "checkpoints"
-    assert sorted(p.name for p in ck.glob("step-*")) == ["step-00000008"]
+    assert sorted(p.name for p in ck.glob("step-*")) == ["step-00000004", "step-00000008"]
+    assert verify(ck / "step-00000004") is None
     assert (ck / "latest").read_text() == "step-00000008" and verify(ck / "step-00000008") is None
     assert {p.name for p in (ck / "step-00000008").glob("dstrain_rank*.pt")} == {"dstrain_rank000.pt", "dstrain_rank001.pt"}
 
@@ -89,19 +90,23 @@ def test_export_loads_in_transformers(zero3_run, tiny_teacher_dir):
     assert any(not torch.equal(p, trained[n]) for n, p in init.named_parameters())
 
 
-def test_preempt_then_resume_matches_uninterrupted(zero3_run, tmp_path, tiny_teacher_dir, tiny_shards_dir):
-    """SIGUSR1 to one rank at step 5: both ranks agree, save, write PREEMPTED, exit 0. Resuming gives the
-    uninterrupted run's losses and learning rates (fp32, same seed) step for step."""
+def test_resume_from_a_mid_run_checkpoint_matches_uninterrupted(zero3_run, tmp_path, tiny_teacher_dir,
+                                                                tiny_shards_dir):
+    """ZeRO-3 resume is exact: the run folder as a crash after step 7 leaves it (checkpoint 4 the newest, no
+    student/ nor metrics.json, TensorBoard events up to step 8), relaunched with the same command, gives the
+    uninterrupted run's losses and learning rates (fp32, same seed) step for step. (Preemption's save and
+    exit, then the resume, with ZeRO-2: tests/faults/test_preemption.py.)"""
+    import shutil
+
     ref, _ = zero3_run
     out = tmp_path / "run"
-    args = distill_args(tiny_teacher_dir, tiny_shards_dir, out)
-    proc = run_cli(*args, ranks=2, env=cpu_env(DSTRAIN_FAULT_SIGNAL_AT_STEP="5"))
-    assert proc.stdout.count("exits successfully") == 2
-    pre = json.loads((out / "PREEMPTED").read_text())
-    assert pre["step"] == 5 and pre["checkpoint"] == "step-00000005"
-    assert (out / "checkpoints" / "latest").read_text() == "step-00000005" and not (out / "student").exists()
-    run_cli(*args, "--resume", "true", ranks=2)
-    assert not (out / "PREEMPTED").exists()
+    shutil.copytree(ref, out)
+    shutil.rmtree(out / "student")
+    (out / "metrics.json").unlink()
+    shutil.rmtree(out / "checkpoints" / "step-00000008")
+    (out / "checkpoints" / "latest").write_text("step-00000004")
+    proc = run_cli(*distill_args(tiny_teacher_dir, tiny_shards_dir, out), "--resume", "true", ranks=2)
+    assert "at step 4" in proc.stdout + proc.stderr
     a, b = scalars(ref), scalars(out)
     for tag in ("train/loss_total", "train/loss_ce", "train/loss_mlm", "train/loss_cos", "train/lr"):
         assert sorted(b[tag]) == list(range(1, 9)), tag
