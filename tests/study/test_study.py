@@ -1,7 +1,11 @@
 """`study --quick` end to end as a user runs it: real subprocesses of every public command, real shards,
 real DeepSpeed runs, real TensorBoard files, then REPORT.md and the figures; rerun caching; determinism.
 
-The quick study runs once per module (about 2-3 minutes on 2 idle cores); the other tests reuse its folder.
+The quick study runs once per module (about 2 minutes on 2 idle cores); the other tests reuse its folder. It runs
+two of the five ablations: `no_kl` (a distillation with other loss weights) and `mlm_only` (a `pretrain` step);
+the other three are the same `distill` step with other flags (`--alpha_cos 0`, `--alpha_mlm 0`, `--student_init
+random`, tested in tests/train); test_plan_distils_each_configuration_with_every_seed checks that the default plan
+runs all five with their flags.
 """
 
 from __future__ import annotations
@@ -16,17 +20,16 @@ import pytest
 
 from tests.launch import run_cli
 
-STEPS = ["tokenizer", "shards", "teacher", "student", "ablation_no_kl", "ablation_no_cos", "ablation_no_mlm",
-         "ablation_random_init", "ablation_mlm_only", "finetune_teacher", "finetune_student",
-         "finetune_ablation_no_kl", "finetune_ablation_no_cos", "finetune_ablation_no_mlm",
-         "finetune_ablation_random_init", "finetune_ablation_mlm_only", "benchmark"]
+QUICK = ("--quick", "--ablations", "no_kl,mlm_only")
+STEPS = ["tokenizer", "shards", "teacher", "student", "ablation_no_kl", "ablation_mlm_only", "finetune_teacher",
+         "finetune_student", "finetune_ablation_no_kl", "finetune_ablation_mlm_only", "benchmark"]
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> tuple[Path, float, str]:
     run = tmp_path_factory.mktemp("study") / "quick"
     t0 = time.time()
-    proc = run_cli("study", "--out_dir", str(run), "--quick", timeout=900)
+    proc = run_cli("study", "--out_dir", str(run), *QUICK, timeout=900)
     return run, time.time() - t0, proc.stdout
 
 
@@ -53,11 +56,13 @@ def test_quick_study_writes_a_full_report(quick_run):
     keep = ft_s["accuracy"] / ft_t["accuracy"]
     assert f"student keeps {100 * keep:.1f}% of the teacher" in report
     assert len(ft_t["per_seed"]) == 2  # quick: 2 seeds, median reported
-    # the ablation table has a filled row per ablation, with the paper's number beside it
-    for label, paper in (("without L_ce", "-2.96"), ("without L_cos", "-1.46"), ("without L_mlm", "-0.31"),
-                         ("random initialisation", "-3.69"), ("MLM alone", "not in the paper")):
-        row = next(line for line in report.splitlines() if line.startswith("| ") and label in line.split("|")[1])
+    # the ablation table has a filled row per ablation run, with the paper's number beside it, and no other row
+    rows = [line for line in report.splitlines() if line.startswith("| ")]
+    for label, paper in (("without L_ce", "-2.96"), ("MLM alone", "not in the paper")):
+        row = next(line for line in rows if label in line.split("|")[1])
         assert paper in row and "n/a" not in row, row
+    for label in ("without L_cos", "without L_mlm", "random initialisation"):
+        assert not any(label in line.split("|")[1] for line in rows), label
     # size and speed come from benchmark.json
     b = json.loads((run / "benchmark" / "benchmark.json").read_text())
     assert f"{b['models'][0]['params_total']:,}" in report and f"{b['models'][1]['params_total']:,}" in report
@@ -99,7 +104,7 @@ def test_curves_come_from_tensorboard_files(quick_run):
 def test_rerun_skips_finished_steps(quick_run):
     run = quick_run[0]
     before = {n: (run / n / "metrics.json").stat().st_mtime_ns for n in ("teacher", "student")}
-    proc = run_cli("study", "--out_dir", str(run), "--quick", timeout=300)
+    proc = run_cli("study", "--out_dir", str(run), *QUICK, timeout=300)
     for name in STEPS:
         assert f"[study] {name}: finished earlier, skipped" in proc.stdout, name
     assert "FAILED" not in proc.stdout and ": python " not in proc.stdout  # nothing was started
@@ -110,7 +115,7 @@ def test_rerun_skips_finished_steps(quick_run):
 def test_changed_settings_are_refused_before_anything_runs(quick_run):
     run = quick_run[0]
     before = sorted(p.name for p in run.iterdir())
-    proc = run_cli("study", "--out_dir", str(run), "--quick", "--teacher_steps", "31", check=False, timeout=120)
+    proc = run_cli("study", "--out_dir", str(run), *QUICK, "--teacher_steps", "31", check=False, timeout=120)
     assert proc.returncode == 2
     assert "teacher" in proc.stderr and "other settings" in proc.stderr and "new --out_dir" in proc.stderr
     assert sorted(p.name for p in run.iterdir()) == before
@@ -130,7 +135,7 @@ def test_same_seed_gives_the_same_teacher(quick_run, tmp_path):
         rec["argv"] = [a.replace(str(run), str(other)) for a in rec["argv"]]
         (other / "steps" / f"{d}.json").write_text(json.dumps(rec))
     (other / "study.json").write_text("{}")
-    proc = run_cli("study", "--out_dir", str(other), "--quick", "--until", "teacher", timeout=300)
+    proc = run_cli("study", "--out_dir", str(other), *QUICK, "--until", "teacher", timeout=300)
     assert "[study] shards: finished earlier, skipped" in proc.stdout
     assert "stopped after step `teacher`" in proc.stdout
     a = json.loads((run / "teacher" / "metrics.json").read_text())
@@ -216,6 +221,14 @@ def test_plan_distils_each_configuration_with_every_seed():
     # the full study scores every validation passage of the three-genre task and distils with 2 seeds
     full = build_config(StudyConfig, {"out_dir": "/tmp/x"})
     assert full.finetune_eval_examples == 1570 and full.distill_seeds == 2 and full.finetune_seeds == 2
+    # by default every ablation is distilled (and fine-tuned) with its own flags; MLM-only is a `pretrain`
+    steps = {s.name: s.argv for s in plan(full, Path("/tmp/x"))}
+    for name, (flag, value) in {"no_kl": ("--alpha_ce", "0"), "no_cos": ("--alpha_cos", "0"),
+                                "no_mlm": ("--alpha_mlm", "0"), "random_init": ("--student_init", "random")}.items():
+        argv = steps[f"ablation_{name}"]
+        assert "distill" in argv and argv[argv.index(flag) + 1] == value, name
+        assert f"finetune_ablation_{name}" in steps
+    assert "pretrain" in steps["ablation_mlm_only"] and "finetune_ablation_mlm_only" in steps
 
 
 def test_report_pools_distillation_seeds(quick_run, tmp_path):
@@ -227,7 +240,7 @@ def test_report_pools_distillation_seeds(quick_run, tmp_path):
 
     run = tmp_path / "two_seeds"
     shutil.copytree(quick_run[0], run, ignore=shutil.ignore_patterns("checkpoints", "model"))
-    cfg = build_config(StudyConfig, {"out_dir": str(run), "quick": True, "distill_seeds": 2})
+    cfg = build_config(StudyConfig, {"out_dir": str(run), "quick": True, "distill_seeds": 2, "ablations": QUICK[2]})
     steps = plan(cfg, run)
     for s in steps:
         if s.name.endswith("_s1"):
