@@ -23,8 +23,8 @@ from dstrain.config import UserError, flag_value, os_error_message  # noqa: E402
 
 # command name -> "module:function". Each function takes **kwargs and builds its dataclass config.
 COMMANDS = {
-    "distill": "dstrain.train.run:distill",
-    "pretrain": "dstrain.train.run:pretrain",
+    "distill": "dstrain.train.commands:distill",
+    "pretrain": "dstrain.train.commands:pretrain",
     "init_student": "dstrain.init_student:init_student",
     "finetune": "dstrain.finetune.run:finetune",
     "glue_table": "dstrain.finetune.table:glue_table",

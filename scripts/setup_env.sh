@@ -16,5 +16,9 @@ fi
 # shellcheck disable=SC2086
 .venv/bin/python -m pip install -q $TORCH_SPEC
 .venv/bin/python -m pip install -q -r requirements.txt
+# DeepSpeed's CPU all-reduce op compiles at its first use (about a minute). Build it here, so no run pays for it
+# and no signal meant for a run can kill the compiler (seen: a Slurm time-limit USR1 killed ninja, the run failed).
+DS_ACCELERATOR=cpu .venv/bin/python -c "import dstrain.runtime; from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()" >/dev/null \
+  || echo "dstrain: WARNING: could not prebuild DeepSpeed's CPU comm op; the first CPU run builds it" >&2
 echo "$want" > "$stamp"
 echo "dstrain: environment ready in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -15,6 +15,7 @@ from typing import Any
 
 from dstrain.config import UserError, config_to_dict, opt, require
 from dstrain.recipe import StudentSettings, apply_recipe
+from dstrain.runtime import derive_batch
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -96,6 +97,13 @@ class TrainConfig:
         require(self.max_bad_steps >= 1, "max_bad_steps", "must be >= 1")
         require(self.dist_timeout_minutes > 0, "dist_timeout_minutes", "must be > 0")
         require(self.precision in ("config", "fp16", "bf16", "fp32"), "precision", "must be config, fp16, bf16 or fp32")
+
+    def batch_sizes(self, world_size: int) -> tuple[int, int, int]:
+        """(micro-batch per rank, accumulation steps, global batch) of this launch on `world_size` ranks."""
+        micro = self.micro_batch_size_per_gpu
+        if micro is None and self.global_batch_size is None:
+            micro = 8  # nothing given: a micro-batch that fits any GPU with a BERT-base teacher at seq 512
+        return derive_batch(micro, self.grad_accum_steps, self.global_batch_size, world_size)
 
 
 @dataclasses.dataclass

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from dstrain.checkpoint import (Checkpointer, check_resume_compatible, export_student, nonfinite_params, rng_state,
                                 set_rng_state)
-from dstrain.config import UserError, atomic_write_json, atomic_write_text, build_config, config_to_dict, require
+from dstrain.config import UserError, atomic_write_json, atomic_write_text, config_to_dict, require
 from dstrain.data import ShardSet, build_eval_loader, build_loader
 from dstrain.data.causal import batch_labeler  # next-token labels on causal-LM block shards, else masking
 from dstrain.engine import adamw, engine_ds_config, linear_schedule, log_scalars, tb_writer
@@ -58,9 +58,9 @@ from dstrain.models import (StudentForDistill, build_bert, build_student, check_
                             mlm_forward, teacher_fingerprint)
 from dstrain.outputs import check_out_dir, lock_out_dir
 from dstrain.recipe import parse_dropout
-from dstrain.runtime import (Preemption, derive_batch, device_type, init_distributed, load_ds_config,
+from dstrain.runtime import (Preemption, device_type, init_distributed, load_ds_config,
                              resolve_ds_config, setup_logging, world_from_env)
-from dstrain.train.config import DistillConfig, PretrainConfig, TrainConfig, config_hash, finished_decision, resolve_path
+from dstrain.train.config import TrainConfig, config_hash, finished_decision, resolve_path
 from dstrain.train.metrics import LossMeter, reduce_by_name, strict_metrics
 from dstrain.train.step import PRETRAIN_LOSS, LossSettings, compile_encoders, micro_step, resolve_compile
 
@@ -118,10 +118,7 @@ class Trainer:
                                             "teacher": getattr(cfg, "teacher", None)})
         world, rank = world_from_env()
         dev = device_type()  # DS_ACCELERATOR=cpu on a GPU host: CPU, as the engine will be
-        micro = cfg.micro_batch_size_per_gpu
-        if micro is None and cfg.global_batch_size is None:
-            micro = 8  # nothing given: a micro-batch that fits any GPU with a BERT-base teacher at seq 512
-        self.micro, self.accum, self.global_batch = derive_batch(micro, cfg.grad_accum_steps, cfg.global_batch_size, world)
+        self.micro, self.accum, self.global_batch = cfg.batch_sizes(world)
         self.ds_cfg, self.precision = resolve_ds_config(
             load_ds_config(resolve_path(cfg.ds_config)), micro_batch_size_per_gpu=self.micro,
             grad_accum_steps=self.accum, global_batch_size=self.global_batch, precision=cfg.precision,
@@ -150,9 +147,9 @@ class Trainer:
                          "deepspeed": self.ds_cfg, "layer_map_used": self.layer_map,
                          "student_config": self.student_config.to_dict(), "teacher_placement": "replicated"}
         self.config_hash = config_hash(config_to_dict(cfg))
-        # A finished run relaunched (the same command again, a requeued Slurm job) is decided here, from
-        # metrics.json and config.json alone: it exits in seconds, before any process group or checkpoint load,
-        # whatever the world size. "continue" (--continue_finished) is carried out in run(), under the lock.
+        # A finished run relaunched is decided from metrics.json and config.json alone, before any process group
+        # or checkpoint load (the commands decide it even before importing us: dstrain/train/commands.py).
+        # "continue" (--continue_finished) is carried out in run(), under the lock.
         self.finished = finished_decision(cfg, self.resolved, self.out)
         if self.finished == "finished":
             setup_logging(rank)
@@ -550,7 +547,8 @@ class Trainer:
         return None
 
 
-def _train(cfg: TrainConfig, mode: str, preempt: Preemption) -> dict[str, Any]:
+def train(cfg: TrainConfig, mode: str, preempt: Preemption) -> dict[str, Any]:
+    """The run of `distill` or `pretrain` (dstrain/train/commands.py builds `cfg` and calls this)."""
     t = Trainer(cfg, mode, preempt)
     try:
         t.prepare()
@@ -574,21 +572,3 @@ def _train(cfg: TrainConfig, mode: str, preempt: Preemption) -> dict[str, Any]:
     finally:
         preempt.ignore()  # stopping now: a late signal must not kill this rank on its way out
         t.batches = None  # the batch generator refers to the trainer: without it the trainer is freed on return
-
-
-def distill(**kwargs) -> None:
-    """Distil --teacher into a student with half its layers (DistilBERT recipe) on --data shards."""
-    preempt = Preemption()  # first thing: see Preemption
-    cfg = build_config(DistillConfig, kwargs, "distill")
-    _train(cfg, "distill", preempt)  # returns nothing: Fire would print a returned dict on every rank
-
-
-def pretrain(**kwargs) -> None:
-    """Train a BertForMaskedLM from scratch (MLM only) on --data shards; the paper's no-distillation baseline."""
-    preempt = Preemption()
-    cfg = build_config(PretrainConfig, kwargs, "pretrain")
-    _train(cfg, "pretrain", preempt)
-
-
-distill.config_class = DistillConfig
-pretrain.config_class = PretrainConfig

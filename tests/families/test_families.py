@@ -37,7 +37,7 @@ def test_unsupported_family_is_a_user_error_at_every_entry(unsupported, tiny_sha
     from dstrain.benchmark.models import resolve_spec
     from dstrain.finetune.run import finetune
     from dstrain.init_student import init_student
-    from dstrain.train.run import distill
+    from dstrain.train.commands import distill
 
     electra, llama = str(unsupported / "electra"), str(unsupported / "llama")
     with pytest.raises(UserError, match=rf"--teacher .*electra: model type 'electra' is not a supported family; {SUPPORTED}"):
@@ -218,7 +218,7 @@ def test_clm_term_is_transformers_shifted_loss_and_kl_covers_every_position(gpt2
 def test_teacher_and_shard_layout_must_match(tmp_path, tiny_tokenizer_dir, tiny_shards_dir, gpt2_tokenizer_dir,
                                               gpt2_shards_dir):
     from data_prep.build_shards import build_shards
-    from dstrain.train.run import distill
+    from dstrain.train.commands import distill
 
     base = dict(ds_config="ds_configs/cpu_zero2.json", out_dir=str(tmp_path / "run"))
     gpt2_on_wordpiece = save_teacher(tmp_path / "g", "gpt2", tiny_tokenizer_dir)

@@ -37,7 +37,7 @@ def _model_only(src: Path, dst: Path) -> Path:
 def test_shards_whose_tokenizer_was_replaced_are_refused(tmp_path, tiny_shards_dir, tiny_teacher_dir,
                                                          other_tokenizer_dir, tiny_tokenizer_dir):
     from dstrain.data import ShardSet
-    from dstrain.train.run import distill
+    from dstrain.train.commands import distill
 
     assert ShardSet.open(tiny_shards_dir).manifest["tokenizer"]["vocab_fingerprint"]
     shards = tmp_path / "shards"
@@ -75,7 +75,7 @@ def test_model_and_teacher_folders_without_a_tokenizer(tmp_path, tiny_teacher_di
     from dstrain.finetune.run import finetune
     from dstrain.hf_io import has_tokenizer
     from dstrain.init_student import init_student
-    from dstrain.train.run import distill
+    from dstrain.train.commands import distill
 
     bare = _model_only(tiny_teacher_dir, tmp_path / "bare")
     with pytest.raises(UserError, match=r"--model .*bare: has no tokenizer files .* Pass --tokenizer with the folder of "

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -22,7 +24,8 @@ from dstrain.checkpoint import verify
 from dstrain.config import UserError, config_to_dict
 from dstrain.train.config import DistillConfig, finished_decision
 from tests.faults.conftest import LIFECYCLE_STEPS as LAST
-from tests.faults.conftest import strict_json
+from tests.faults.conftest import copy_run, snapshot, strict_json
+from tests.launch import ROOT, cpu_env
 
 
 def test_preempted_at_last_step_finishes_its_export_on_relaunch(lifecycle_chain):
@@ -99,3 +102,25 @@ def test_finished_decision_compares_what_config_json_holds(tmp_path):
     assert finished_decision(*launch(max_steps=LAST + 1, continue_finished=True), tmp_path) == "continue"
     with pytest.raises(UserError, match="beyond --max_steps 1"):
         finished_decision(*launch(max_steps=1), tmp_path)
+
+
+def test_a_finished_run_is_decided_before_torch_is_imported(lifecycle_chain, tmp_path):
+    """C's decision in a rank of its own (rank 1 of 2, no process group): it says nothing, exits 0, and never
+    imports torch, transformers or DeepSpeed, so a requeued finished job costs each rank a fraction of a second.
+    The same rank with another --lr is refused the same way, without them either."""
+    out = copy_run(lifecycle_chain["out"], tmp_path / "run")  # finished at LAST + 2 by launch F
+    args = lifecycle_chain["args"]
+    kwargs = {a[2:]: v for a, v in zip(args[1::2], args[2::2])}
+    kwargs.update(out_dir=str(out), max_steps=LAST + 2)
+    before = snapshot(out)
+    code = ("import json, sys\nfrom dstrain.config import UserError\nfrom dstrain.train.commands import distill\n"
+            "kw = json.loads(sys.argv[1])\ntry:\n    distill(**kw)\n    r = 'finished'\nexcept UserError as e:\n"
+            "    r = str(e)\nprint(json.dumps([r, sorted({'torch', 'transformers', 'deepspeed'} & set(sys.modules))]))")
+    for extra, expect in (({}, "finished"), ({"lr": 1e-3}, "--lr 0.003 -> 0.001")):
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps({**kwargs, **extra})], capture_output=True,
+                              text=True, timeout=120, cwd=ROOT,
+                              env=cpu_env(PYTHONPATH=str(ROOT), RANK="1", WORLD_SIZE="2", LOCAL_RANK="1"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        result, heavy = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert expect in result and heavy == [], (result, heavy)
+    assert snapshot(out) == before  # nothing written

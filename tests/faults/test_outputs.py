@@ -31,7 +31,7 @@ def test_every_command_refuses_an_output_that_is_inside_or_holds_an_input(tmp_pa
     from dstrain.benchmark.run import benchmark
     from dstrain.finetune.run import finetune
     from dstrain.init_student import init_student
-    from dstrain.train.run import distill, pretrain
+    from dstrain.train.commands import distill, pretrain
 
     run = tmp_path / "run"  # the teacher lives where distill would export its student
     shutil.copytree(tiny_teacher_dir, run / "student")

@@ -43,7 +43,7 @@ def damaged_teacher(tmp_path, tiny_teacher_dir) -> Path:
 def test_damaged_weights_are_a_named_error(tmp_path, damaged_teacher, tiny_shards_dir):
     from dstrain.finetune.run import finetune
     from dstrain.init_student import init_student
-    from dstrain.train.run import distill
+    from dstrain.train.commands import distill
 
     msg = r"cannot load a masked-LM from it \(SafetensorError: .*; the weight file is damaged or incomplete"
     with pytest.raises(UserError, match=rf"--teacher .*damaged: {msg}"):
@@ -58,7 +58,7 @@ def test_damaged_weights_are_a_named_error(tmp_path, damaged_teacher, tiny_shard
 
 def test_bad_paths_and_ds_configs_are_named_errors(tmp_path, tiny_teacher_dir, tiny_shards_dir):
     from dstrain.finetune.run import finetune
-    from dstrain.train.run import distill
+    from dstrain.train.commands import distill
 
     base = dict(teacher=str(tiny_teacher_dir), data=str(tiny_shards_dir), out_dir=str(tmp_path / "run"))
     ds = tmp_path / "ds.json"

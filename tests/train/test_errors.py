@@ -8,7 +8,7 @@ import json
 import pytest
 
 from dstrain.config import ConfigError, UserError
-from dstrain.train.run import distill, pretrain
+from dstrain.train.commands import distill, pretrain
 from tests.launch import run_cli
 
 
