@@ -16,11 +16,10 @@ BIN = Path(sys.executable).parent
 
 
 def cpu_env(**extra: str) -> dict[str, str]:
-    env = child_env()  # not a MASTER_PORT that an in-process test's world of one left in this process
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
-    env.update(extra)
-    return env
+    # child_env: not a MASTER_PORT that an in-process test's world of one left in this process
+    return child_env(**{"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+                        "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                        "CUDA_VISIBLE_DEVICES": "", **extra})
 
 
 def run_cli(*args: str, ranks: int = 1, timeout: float = 600, check: bool = True, env: dict | None = None,

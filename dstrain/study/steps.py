@@ -62,9 +62,9 @@ def _show(arg: str, run_dir: Path) -> str:
 
 
 def step_env(threads: int) -> dict[str, str]:
-    env = child_env()  # each step is its own world of one, not a rank of whatever launched the study
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
-               PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    # each step is its own world of one, not a rank of whatever launched the study
+    env = child_env(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
+                    PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     if device_type() == "cpu":  # the steps run where this process would: DS_ACCELERATOR=cpu or no GPU
         env.setdefault("DS_ACCELERATOR", "cpu")
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

@@ -3,7 +3,7 @@
 A finished run relaunched (the same command again, a requeued Slurm job that had finished) is decided here,
 from metrics.json and config.json alone, before torch, transformers and DeepSpeed are imported: each rank
 then exits in a fraction of a second instead of paying its ~7 CPU-seconds of imports to do nothing. Every
-other launch goes on to `run.train`, whose prepare() makes the same decision for callers of the Trainer.
+other launch goes on to `run.train`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dstrain.config import build_config, config_to_dict
+from dstrain.config import build_config
 from dstrain.outputs import check_out_dir
 from dstrain.runtime import Preemption, setup_logging, world_from_env
 from dstrain.train.config import DistillConfig, PretrainConfig, TrainConfig, finished_decision, resolve_path
@@ -52,10 +52,7 @@ def _finished(cfg: TrainConfig, mode: str) -> bool:
     if not (out / "metrics.json").is_file():
         return False
     world, rank = world_from_env()
-    micro, accum, global_batch = cfg.batch_sizes(world)
-    resolved = {**config_to_dict(cfg), "micro_batch_size_per_gpu": micro, "grad_accum_steps": accum,
-                "global_batch_size": global_batch}
-    if finished_decision(cfg, resolved, out) != "finished":
+    if finished_decision(cfg, out, world) != "finished":
         return False
     setup_logging(rank)
     log.info("%s already finished at step %d (student/ and metrics.json written); nothing to do", out, cfg.max_steps)

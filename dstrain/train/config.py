@@ -158,11 +158,12 @@ def config_hash(d: dict[str, Any]) -> str:
                                      default=str).encode()).hexdigest()[:16]
 
 
-def finished_decision(cfg: TrainConfig, resolved: dict[str, Any], out: Path) -> str | None:
+def finished_decision(cfg: TrainConfig, out: Path, world_size: int) -> str | None:
     """What a launch into `out` may do when it holds a finished run (metrics.json, written last, after
     student/): "finished" (nothing to do, exit 0), "continue" (--continue_finished to a larger --max_steps),
     None (not finished). Anything else is refused: a finished run is final unless continued on purpose.
-    `resolved` is what this launch would write to config.json (derived batch sizes filled in)."""
+    Compared with config.json: the launch's settings, with the batch sizes derived for `world_size` ranks
+    as it would write them."""
     m = out / "metrics.json"
     if not m.is_file():
         return None
@@ -172,7 +173,9 @@ def finished_decision(cfg: TrainConfig, resolved: dict[str, Any], out: Path) -> 
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"--out_dir {out}: metrics.json or config.json is unreadable, so whether this run finished "
                         f"is unknown; use a new --out_dir (or delete metrics.json to let the run resume)") from None
-    cur = {k: resolved[k] for k in config_to_dict(cfg)}
+    micro, accum, global_batch = cfg.batch_sizes(world_size)
+    cur = {**config_to_dict(cfg), "micro_batch_size_per_gpu": micro, "grad_accum_steps": accum,
+           "global_batch_size": global_batch}
     changed = sorted(k for k in cur if k not in VOLATILE and k in saved and saved[k] != cur[k])
     where = f"--out_dir {out} holds a run that finished at step {done} (student/, metrics.json)"
     if cfg.max_steps == done and not changed:

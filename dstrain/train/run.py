@@ -148,13 +148,9 @@ class Trainer:
                          "student_config": self.student_config.to_dict(), "teacher_placement": "replicated"}
         self.config_hash = config_hash(config_to_dict(cfg))
         # A finished run relaunched is decided from metrics.json and config.json alone, before any process group
-        # or checkpoint load (the commands decide it even before importing us: dstrain/train/commands.py).
-        # "continue" (--continue_finished) is carried out in run(), under the lock.
-        self.finished = finished_decision(cfg, self.resolved, self.out)
-        if self.finished == "finished":
-            setup_logging(rank)
-            log.info("%s already finished at step %d (student/ and metrics.json written); nothing to do",
-                     self.out, cfg.max_steps)
+        # or checkpoint load. The commands decide (and announce) it before importing us (dstrain/train/commands.py);
+        # here it matters for "continue" (--continue_finished), carried out in run(), under the lock.
+        self.finished = finished_decision(cfg, self.out, world)
 
     def _prepare_distill(self, dev: str) -> None:
         cfg = self.cfg

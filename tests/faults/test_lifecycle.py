@@ -83,25 +83,24 @@ def test_continuing_a_finished_run_is_an_explicit_choice(lifecycle_chain):
 def test_finished_decision_compares_what_config_json_holds(tmp_path):
     """The decision itself, on the files a finished run leaves (config.json holds the derived batch sizes, so a
     command that leaves them to be derived is still the same command)."""
-    def launch(**kw):
+    def launch(**kw):  # the decision's arguments for a launch on 2 ranks
         kw = {"max_steps": LAST, **kw}
-        cfg = DistillConfig(teacher="T", data="S", out_dir=str(tmp_path), micro_batch_size_per_gpu=4,
-                            grad_accum_steps=2, **kw)
-        return cfg, {**config_to_dict(cfg), "global_batch_size": 16, "world_size": 2}
+        return DistillConfig(teacher="T", data="S", out_dir=str(tmp_path), micro_batch_size_per_gpu=4,
+                             grad_accum_steps=2, **kw), tmp_path, 2
 
-    assert finished_decision(*launch(), tmp_path) is None  # nothing there yet
-    cfg, resolved = launch()
-    (tmp_path / "config.json").write_text(json.dumps(resolved))
+    assert finished_decision(*launch()) is None  # nothing there yet
+    cfg = launch()[0]
+    (tmp_path / "config.json").write_text(json.dumps({**config_to_dict(cfg), "global_batch_size": 16, "world_size": 2}))
     (tmp_path / "metrics.json").write_text(json.dumps({"step": LAST}))
-    assert finished_decision(*launch(), tmp_path) == "finished"
-    assert finished_decision(*launch(save_every=1, keep_last=1, resume="true"), tmp_path) == "finished"
+    assert finished_decision(*launch()) == "finished"
+    assert finished_decision(*launch(save_every=1, keep_last=1, resume="true")) == "finished"
     with pytest.raises(UserError, match=r"--lr 0.0005 -> 0.001\); nothing was changed"):
-        finished_decision(*launch(lr=1e-3), tmp_path)
+        finished_decision(*launch(lr=1e-3))
     with pytest.raises(UserError, match="--continue_finished true"):
-        finished_decision(*launch(max_steps=LAST + 1), tmp_path)
-    assert finished_decision(*launch(max_steps=LAST + 1, continue_finished=True), tmp_path) == "continue"
+        finished_decision(*launch(max_steps=LAST + 1))
+    assert finished_decision(*launch(max_steps=LAST + 1, continue_finished=True)) == "continue"
     with pytest.raises(UserError, match="beyond --max_steps 1"):
-        finished_decision(*launch(max_steps=1), tmp_path)
+        finished_decision(*launch(max_steps=1))
 
 
 def test_a_finished_run_is_decided_before_torch_is_imported(lifecycle_chain, tmp_path):

@@ -98,11 +98,10 @@ def test_resume_from_a_mid_run_checkpoint_matches_uninterrupted(zero3_run, tmp_p
     exit, then the resume, with ZeRO-2: tests/faults/test_preemption.py.)"""
     import shutil
 
+    from tests.faults.conftest import copy_run, unfinish
+
     ref, _ = zero3_run
-    out = tmp_path / "run"
-    shutil.copytree(ref, out)
-    shutil.rmtree(out / "student")
-    (out / "metrics.json").unlink()
+    out = unfinish(copy_run(ref, tmp_path / "run"))
     shutil.rmtree(out / "checkpoints" / "step-00000008")
     (out / "checkpoints" / "latest").write_text("step-00000004")
     proc = run_cli(*distill_args(tiny_teacher_dir, tiny_shards_dir, out), "--resume", "true", ranks=2)
