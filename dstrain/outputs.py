@@ -39,6 +39,7 @@ from dstrain.config import UserError, atomic_write_json
 log = logging.getLogger("dstrain")
 
 MARKER = ".dstrain.json"
+_MARKER_TMP = MARKER + ".tmp-"  # atomic_write_text's temporary name for the marker
 LOCK = ".dstrain.lock"
 
 
@@ -105,7 +106,9 @@ def _legacy_command(out: Path) -> str | None:
 
 
 def _entries(out: Path) -> list[str]:
-    return sorted(p.name for p in out.iterdir() if p.name not in (MARKER, LOCK))
+    """What a folder holds besides dstrain's bookkeeping: the marker, the lock, and a marker half-written by a
+    run killed mid-write (atomic_write_text's `.dstrain.json.tmp-PID`, which RunLock.acquire removes)."""
+    return sorted(p.name for p in out.iterdir() if p.name not in (MARKER, LOCK) and not p.name.startswith(_MARKER_TMP))
 
 
 def _listing(names: list[str], n: int = 5) -> str:
@@ -224,6 +227,8 @@ class RunLock:
             lock = cls._take(out, command, setting)
             if read_marker(out) is None:
                 write_marker(out, command)
+            for debris in out.glob(_MARKER_TMP + "*"):  # a marker write whose run was killed: under the lock, no
+                debris.unlink(missing_ok=True)           # other writer is alive (seen: SIGKILL mid-write)
         except OSError as e:
             raise UserError(f"--{setting} {out}: cannot write there ({e.strerror}); choose a folder you can "
                             f"write to") from None

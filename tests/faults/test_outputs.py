@@ -123,6 +123,25 @@ def test_lock_names_its_holder_and_a_dead_holder_is_taken_over(tmp_path, caplog)
     assert not (out / LOCK).exists()
 
 
+def test_a_marker_half_written_by_a_killed_run_is_not_a_foreign_file(tmp_path):
+    """A run killed while writing the folder's marker (right after taking the lock) leaves the lock and
+    `.dstrain.json.tmp-PID`: the next launch accepts the folder, takes over the lock and removes the debris
+    (it used to call the folder "not written by dstrain")."""
+    from dstrain.outputs import LOCK, MARKER, RunLock, check_out_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    (out / LOCK).write_text(json.dumps({"pid": pid, "host": os.uname().nodename, "command": "distill"}))
+    (out / f"{MARKER}.tmp-{pid}").write_text('{"command": "dis')
+    assert check_out_dir(out, "distill") is None
+    lock = RunLock.acquire(out, "distill")
+    assert sorted(p.name for p in out.iterdir()) == sorted([LOCK, MARKER])
+    assert json.loads((out / MARKER).read_text())["command"] == "distill"
+    lock.release()
+
+
 def test_two_concurrent_launches_into_one_out_dir(tmp_path, tiny_teacher_dir, tiny_shards_dir):
     """A runs (stopped with SIGSTOP while it holds the folder); B, a 2-rank launch into the same folder, is refused
     on every rank naming A, and changes nothing; A is killed; C takes over A's stale lock and finishes. The finished
