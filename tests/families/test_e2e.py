@@ -47,7 +47,6 @@ def test_distill_lowers_the_loss_and_exports_a_working_model(family_run):
 
     family, teacher, out, _, log = family_run
     _, _, cls_name, layers = FAMILIES[family]
-    assert log.count("exits successfully") == 2
     causal = family == "gpt2"
     lm = "clm" if causal else "mlm"
     sc = scalars(out)

@@ -1,6 +1,9 @@
-"""Shared pieces of the fault-injection matrix (issue #8): jobs launched the way users launch them (the real
-`deepspeed` launcher, 2 CPU ranks, gloo), watched from outside, and one uninterrupted reference run that the
-interrupted runs are compared with.
+"""Shared pieces of the fault-injection matrix (issue #8): real 2-rank CPU jobs (gloo), watched from outside, and
+one uninterrupted reference run that the interrupted runs are compared with.
+
+A job's ranks are forked from the tests' rank server (tests/zygote.py), which supervises them as the deepspeed
+launcher does; the cases where the launcher is part of the guarantee (a rank that dies or hangs while the others
+wait, Ctrl-C to the whole process group, SIGTERM to every rank) start the real `deepspeed` launcher (fresh=True).
 
 Faults are injected from outside (signals to rank processes, damaged files) or, for the ones that need an
 exact moment (a rank dying mid-step or mid-save), by tests/faults/inject/sitecustomize.py loaded into the
@@ -39,26 +42,49 @@ def fault_env(inject: dict | None = None, **extra: str) -> dict[str, str]:
 
 
 class Job:
-    """`deepspeed --num_gpus RANKS dstrain/cli.py ARGS` in its own session, output to a log file."""
+    """`dstrain/cli.py ARGS` with RANKS ranks, output to a log file, watched from outside.
 
-    def __init__(self, args, log: Path, ranks: int = 2, inject: dict | None = None, env: dict | None = None):
-        if ranks == 1:
-            cmd = [str(BIN / "python"), CLI, *map(str, args)]
-        else:
-            cmd = [str(BIN / "deepspeed"), "--num_nodes", "1", "--num_gpus", str(ranks), "--master_port",
-                   str(free_port()), CLI, *map(str, args)]
+    fresh=False: ranks forked from the tests' rank server (tests/zygote.py), supervised as the deepspeed launcher
+    does. fresh=True: `deepspeed --num_gpus RANKS dstrain/cli.py ARGS` (or `python dstrain/cli.py` for one rank) in
+    its own session, for the tests where the launcher or the process group is part of what is tested.
+    """
+
+    def __init__(self, args, log: Path, ranks: int = 2, inject: dict | None = None, env: dict | None = None,
+                 fresh: bool = False):
         self.log = Path(log)
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        self._out = open(self.log, "w")
         self.t0 = time.time()
-        self.proc = subprocess.Popen(cmd, env=env or fault_env(inject), cwd=ROOT, stdout=self._out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.fresh = fresh
+        self._out = None
+        if not fresh:
+            from tests.zygote import ForkedRanks
+
+            self.proc = ForkedRanks([str(a) for a in args], ranks, env or fault_env(inject), self.log)
+        else:
+            if ranks == 1:
+                cmd = [str(BIN / "python"), CLI, *map(str, args)]
+            else:
+                cmd = [str(BIN / "deepspeed"), "--num_nodes", "1", "--num_gpus", str(ranks), "--master_port",
+                       str(free_port()), CLI, *map(str, args)]
+            self._out = open(self.log, "w")
+            self.proc = subprocess.Popen(cmd, env=env or fault_env(inject), cwd=ROOT, stdout=self._out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         self.seen_ranks: dict[int, psutil.Process] = {}
         self.ended_at: float | None = None
 
     def rank_procs(self) -> dict[int, psutil.Process]:
-        """rank -> process of the ranks alive now (single node: the --local_rank the launcher passes)."""
+        """rank -> process of the ranks alive now (launched: the --local_rank the launcher passes)."""
         out = {}
+        if not self.fresh:
+            for rank, pid in enumerate(self.proc.pids):
+                try:
+                    p = psutil.Process(pid)
+                    if p.status() != psutil.STATUS_ZOMBIE:
+                        out[rank] = p
+                except psutil.Error:
+                    pass
+            self.seen_ranks.update(out)
+            return out
         try:
             kids = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
@@ -95,18 +121,22 @@ class Job:
         return sorted(procs)
 
     def wait(self, timeout: float = 600.0) -> int:
-        """Exit code of the launcher; a job still running after `timeout` is a hang: killed, test fails."""
+        """Exit code of the job; a job still running after `timeout` is a hang: killed, test fails."""
         try:
             rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, TimeoutError):
             self.kill()
             raise AssertionError(f"job still running after {timeout}s (hang)\n{self.tail()}") from None
         self.ended_at = time.time()
-        self._out.close()
+        if self._out:
+            self._out.close()
         return rc
 
     def kill(self) -> None:
-        """SIGKILL this job's own process group (launcher and ranks)."""
+        """SIGKILL this job: its ranks (forked), or its own process group (launcher and ranks)."""
+        if not self.fresh:
+            self.proc.kill()
+            return
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -124,8 +154,8 @@ class Job:
 
 
 def run_job(args, log: Path, ranks: int = 2, inject: dict | None = None, timeout: float = 600.0,
-            expect_rc: int | None = 0, env: dict | None = None) -> Job:
-    job = Job(args, log, ranks=ranks, inject=inject, env=env)
+            expect_rc: int | None = 0, env: dict | None = None, fresh: bool = False) -> Job:
+    job = Job(args, log, ranks=ranks, inject=inject, env=env, fresh=fresh)
     rc = job.wait(timeout)
     if expect_rc is not None:
         assert rc == expect_rc, f"exit code {rc}, expected {expect_rc}\n{job.tail()}"

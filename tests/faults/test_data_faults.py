@@ -116,7 +116,7 @@ def test_case8_out_of_vocabulary_id_names_shard_and_sample_and_no_rank_waits(tmp
     name = shards_of_rank(shards, 1)[0]
     key = replace_sample(shards, name, 7, np.array([2, 77, 5000, 3], np.uint16))
     out = tmp_path / "run"
-    job = Job(distill_args(tiny_teacher_dir, shards, out), tmp_path / "log.txt")
+    job = Job(distill_args(tiny_teacher_dir, shards, out), tmp_path / "log.txt", fresh=True)  # the launcher stops rank 0
     rc = job.wait(timeout=EXIT_BOUND_S + 240)
     log = job.output()
     assert rc == 2, log[-3000:]

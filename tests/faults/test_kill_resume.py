@@ -32,7 +32,7 @@ def chain(tmp_path_factory, tiny_teacher_dir, tiny_shards_dir):
     res = {"out": out, "trace": tr, "base": base}
 
     a = Job(args, base / "a.log", inject={"rank": 1, "kill_at_micro": 4 * ACCUM + 2, "trace": str(tr / "a"),
-                                           "note": str(base / "a")})
+                                           "note": str(base / "a")}, fresh=True)  # the launcher ends rank 0
     a.wait_for(lambda: (base / "a" / "killed.json").is_file(), "rank 1 to be killed")
     res["a_rc"] = a.wait(timeout=EXIT_BOUND_S + 60)
     res["a_killed_at"] = json.loads((base / "a" / "killed.json").read_text())["time"]

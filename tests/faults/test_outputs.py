@@ -153,21 +153,21 @@ def test_two_concurrent_launches_into_one_out_dir(tmp_path, tiny_teacher_dir, ti
     a = Job(args, tmp_path / "a.log", ranks=1)
     lock = out / ".dstrain.lock"
     a.wait_for(lambda: lock.is_file() and lock.read_text().strip() != "", "A's lock", timeout=900)
-    os.killpg(a.proc.pid, signal.SIGSTOP)
+    os.kill(a.proc.pids[0], signal.SIGSTOP)
     try:
         before = _tree(out)
         b = Job(args, tmp_path / "b.log", ranks=2)
         assert b.wait(timeout=600) == 2, b.tail()
         log = b.output()
         assert log.count(f"dstrain: error: --out_dir {out}: another run is writing this folder (`distill` pid "
-                         f"{a.proc.pid} on host") == 2, log[-3000:]  # rank 0 and rank 1
+                         f"{a.proc.pids[0]} on host") == 2, log[-3000:]  # rank 0 and rank 1
         assert "Traceback" not in log
         assert _tree(out) == before
     finally:
         a.kill()
     c = Job(args, tmp_path / "c.log", ranks=1)
     assert c.wait(timeout=600) == 0, c.tail()
-    assert f"taking over the lock of `distill` pid {a.proc.pid}" in c.output()
+    assert f"taking over the lock of `distill` pid {a.proc.pids[0]}" in c.output()
     assert json.loads((out / "metrics.json").read_text())["step"] == 10 and not lock.exists()
 
     finished = _tree(out)

@@ -17,7 +17,7 @@ def test_ctrl_c_checkpoints_and_exits_without_a_traceback(tmp_path, tiny_teacher
     KeyboardInterrupt traceback (before: every rank died with one, mid-step, without a checkpoint). The
     launcher's exit code and its own KeyboardInterrupt traceback are DeepSpeed's."""
     out = tmp_path / "run"
-    job = Job(distill_args(tiny_teacher_dir, tiny_shards_dir, out), tmp_path / "log.txt")
+    job = Job(distill_args(tiny_teacher_dir, tiny_shards_dir, out), tmp_path / "log.txt", fresh=True)
     latest = out / "checkpoints" / "latest"
     job.wait_for(lambda: latest.is_file() and latest.read_text() == "step-00000002", "the step-2 checkpoint")
     os.killpg(job.proc.pid, signal.SIGINT)
@@ -47,7 +47,7 @@ def test_a_stuck_rank_fails_the_run_within_dist_timeout_with_a_clear_message(tmp
     timeout_s = 30.0
     job = Job(distill_args(tiny_teacher_dir, tiny_shards_dir, out, dist_timeout_minutes=timeout_s / 60,
                            save_every=1),
-              tmp_path / "log.txt", inject={"rank": 1, "hang_at_micro": 3, "note": str(tmp_path / "note")})
+              tmp_path / "log.txt", inject={"rank": 1, "hang_at_micro": 3, "note": str(tmp_path / "note")}, fresh=True)
     job.wait_for(lambda: (tmp_path / "note" / "killed.json").is_file(), "rank 1 to hang")
     t_hang = json.loads((tmp_path / "note" / "killed.json").read_text())["time"]
     rc = job.wait(timeout=timeout_s + EXIT_BOUND_S + 120)

@@ -39,7 +39,7 @@ def distill_args(teacher, shards, out, ds_config="ds_configs/cpu_zero3.json", st
 @pytest.fixture(scope="module")
 def zero3_run(tmp_path_factory, tiny_teacher_dir, tiny_shards_dir) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("zero3") / "run"
-    proc = run_cli(*distill_args(tiny_teacher_dir, tiny_shards_dir, out), ranks=2)
+    proc = run_cli(*distill_args(tiny_teacher_dir, tiny_shards_dir, out), ranks=2, fresh=True)
     return out, proc.stdout + proc.stderr
 
 
