@@ -63,11 +63,11 @@ GROUP_OF_FILE = {
     "tests/slurm/test_templates.py": "slurm", "tests/slurm/test_stop_signals.py": "slurm",
 }
 SPLIT_BY_PARAM = {"tests/families/test_e2e.py"}
-# The longest groups, longest first (seconds measured with 3 workers, 2026-12-03). They start first, so no
+# The longest groups, longest first (measured with 3 workers and forked ranks, 2026-12-03). They start first, so no
 # long group starts late and ends the run alone; the rest follow in collection order.
-LONGEST_FIRST = ["faults-lifecycle", "faults-reference", "tests/study/test_study.py", "slurm",
-                 "tests/train/test_distill_e2e.py", "tests/finetune/test_e2e.py", "tests/faults/test_data_faults.py",
-                 "tests/faults/test_signals.py", "tests/benchmark/test_benchmark.py"]
+LONGEST_FIRST = ["tests/study/test_study.py", "slurm", "faults-reference", "tests/train/test_distill_e2e.py",
+                 "tests/faults/test_signals.py", "tests/benchmark/test_benchmark.py", "faults-lifecycle",
+                 "tests/faults/test_data_faults.py", "tests/finetune/test_e2e.py"]
 
 
 def xdist_group(nodeid: str) -> str:

@@ -29,7 +29,7 @@ STEPS = ["tokenizer", "shards", "teacher", "student", "ablation_no_kl", "ablatio
 def quick_run(tmp_path_factory) -> tuple[Path, float, str]:
     run = tmp_path_factory.mktemp("study") / "quick"
     t0 = time.time()
-    proc = run_cli("study", "--out_dir", str(run), *QUICK, timeout=900)
+    proc = run_cli("study", "--out_dir", str(run), *QUICK, timeout=900, fresh=True)  # not niced: see tests/zygote.py
     return run, time.time() - t0, proc.stdout
 
 
@@ -135,7 +135,7 @@ def test_same_seed_gives_the_same_teacher(quick_run, tmp_path):
         rec["argv"] = [a.replace(str(run), str(other)) for a in rec["argv"]]
         (other / "steps" / f"{d}.json").write_text(json.dumps(rec))
     (other / "study.json").write_text("{}")
-    proc = run_cli("study", "--out_dir", str(other), *QUICK, "--until", "teacher", timeout=300)
+    proc = run_cli("study", "--out_dir", str(other), *QUICK, "--until", "teacher", timeout=300, fresh=True)
     assert "[study] shards: finished earlier, skipped" in proc.stdout
     assert "stopped after step `teacher`" in proc.stdout
     a = json.loads((run / "teacher" / "metrics.json").read_text())
