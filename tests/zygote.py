@@ -4,7 +4,8 @@ the same imports a hundred times.
 A `python dstrain/cli.py` process spends about 6 CPU-s importing torch, transformers and DeepSpeed before its
 first step, and the `deepspeed` launcher adds two interpreters of its own (about 3 CPU-s) to every 2-rank
 launch. With about 100 launches on 2 cores that was most of the suite's time. Here a multiprocessing
-forkserver started once per test process imports those libraries (`PRELOAD`); each rank is a fork of it that
+forkserver started once per test process imports those libraries (`PRELOAD`, dstrain/forked.py, which the
+study's steps use too); each rank is a fork of it that
 takes the environment a launcher gives its ranks (RANK, WORLD_SIZE, MASTER_ADDR, ...), starts the way the
 interpreter would (a `sitecustomize` on PYTHONPATH is imported first: tests/faults/inject), runs
 `dstrain.cli.main(argv)`, then the atexit handlers, and exits with main's exit code.
@@ -19,18 +20,17 @@ through it, a rank's death seen by it) and the Slurm tests start real launchers 
 
 from __future__ import annotations
 
-import atexit
 import importlib
 import importlib.util
-import multiprocessing
 import os
 import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import psutil
+
+from dstrain.forked import become, preloaded_server, run_as_main
 
 ROOT = Path(__file__).resolve().parent.parent
 # What a rank of dstrain imports beyond the standard library, heaviest first (`python -X importtime` of a
@@ -41,30 +41,6 @@ TERM_GRACE_S = 30.0  # deepspeed.launcher.launch: SIGTERM, then SIGKILL to ranks
 # the suite's longest serial chain, the quick study (tests/study), runs its steps as fresh processes of its own
 # and otherwise waits behind the many short forked jobs of the other workers, ending the run alone.
 NICE = 5
-
-_ctx = None
-
-
-def _context(env: dict[str, str]):
-    """The forkserver context, its server started on first use with `env` (the libraries read some variables
-    at import: OMP_NUM_THREADS, DS_ACCELERATOR, HF_HUB_OFFLINE), so later ranks fork from that state."""
-    global _ctx
-    if _ctx is None:
-        from multiprocessing import forkserver
-
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([PRELOAD])
-        saved = dict(os.environ)
-        os.environ.clear()
-        os.environ.update(env)
-        try:
-            forkserver.ensure_running()
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-        _ctx = ctx
-    return _ctx
-
 
 def _sitecustomize(pythonpath: str) -> None:
     """What interpreter start-up does: import `sitecustomize` from the first PYTHONPATH entry that has one."""
@@ -81,39 +57,19 @@ def _sitecustomize(pythonpath: str) -> None:
 def _rank_main(entry: str, argv: list[str], env: dict[str, str], cwd: str, out_path: str, err_path: str) -> None:
     """Body of one rank (in the forked child): the environment, stdout/stderr to the job's files, then
     entry(argv) ("module:function", dstrain's CLI main unless a test of this module asks otherwise)."""
-    os.environ.clear()
-    os.environ.update(env)
+    become(env, cwd, out_path, err_path)
     os.nice(NICE)
-    for path, fd in ((out_path, 1), (err_path, 2)):
-        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(f, fd)
-        os.close(f)
-    os.chdir(cwd)
     for folder in reversed([p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]):
         if folder not in sys.path:
             sys.path.insert(0, folder)
-    code = 1
-    try:
-        import torch
 
-        torch.set_num_threads(int(env.get("OMP_NUM_THREADS") or 1))  # libgomp read it once, in the server
+    def body():
         _sitecustomize(env.get("PYTHONPATH", ""))
         sys.argv = [str(ROOT / "dstrain" / "cli.py"), *argv]
         module, func = entry.split(":")
         getattr(importlib.import_module(module), func)(argv)
-        code = 0
-    except SystemExit as e:
-        if e.code is None or isinstance(e.code, int):
-            code = e.code or 0
-        else:
-            print(e.code, file=sys.stderr)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        atexit._run_exitfuncs()  # what interpreter exit runs (dstrain.outputs releases its locks there)
-        sys.stdout.flush()
-        sys.stderr.flush()
-    os._exit(code)
+
+    os._exit(run_as_main(body))
 
 
 class ForkedRanks:
@@ -124,7 +80,7 @@ class ForkedRanks:
                  entry: str = "dstrain.cli:main"):
         from tests.launch import free_port
 
-        ctx = _context(env)
+        ctx = preloaded_server([PRELOAD], env)
         err_path = err_path or out_path
         for p in {str(out_path), str(err_path)}:
             open(p, "w").close()

@@ -8,7 +8,7 @@ code, wall seconds). A step whose "finished" file exists and whose recorded comm
 is skipped; a finished step whose command line changed is refused before anything runs.
 
 On CPU a step is not a new interpreter but a fork of a step server that imported torch, transformers and
-DeepSpeed once (`_StepServer`): each new interpreter spent about 7 of its 12-15 CPU-seconds on those imports,
+DeepSpeed once (dstrain/forked.py): each new interpreter spent about 7 of its 12-15 CPU-seconds on those imports,
 about a seventh of a full study's budget. The fork then runs the step's script as `python SCRIPT ARGS` would
 (`runpy`, as `__main__`, in the step's environment, threads and folder). On a GPU machine each step is a
 new interpreter (forking a process that may have touched CUDA is not safe).
@@ -16,21 +16,21 @@ new interpreter (forking a process that may have touched CUDA is not safe).
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import json
 import os
+import resource
 import runpy
 import shlex
 import shutil
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Callable
 
 from dstrain.config import UserError, atomic_write_json
+from dstrain.forked import become, preloaded_server, run_as_main
 from dstrain.runtime import child_env, device_type
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -223,67 +223,19 @@ def _start(s: Step, run_dir: Path, env: dict[str, str], log: Callable[[str], Non
 STEP_PRELOAD = ["torch", "transformers.models.bert.modeling_bert", "deepspeed",
                 "deepspeed.runtime.zero.muon.muon_optimizer", "torch.utils.tensorboard", "webdataset", "tokenizers",
                 "scipy.stats", "sklearn.metrics", "fire"]
-_server_ctx = None
-
-
-def _step_server(env: dict[str, str]):
-    """The forkserver the CPU steps fork from, started once with a step's environment: the libraries read some
-    variables at import (DS_ACCELERATOR, HF_HUB_OFFLINE), and every step of a study has the same ones."""
-    global _server_ctx
-    if _server_ctx is None:
-        import multiprocessing
-        from multiprocessing import forkserver
-
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(STEP_PRELOAD)
-        saved = dict(os.environ)
-        os.environ.clear()
-        os.environ.update(env)
-        try:
-            forkserver.ensure_running()
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-        _server_ctx = ctx
-    return _server_ctx
 
 
 def _step_main(argv: list[str], env: dict[str, str], log_path: str, cpu_path: str) -> None:
     """One step, in the forked process: `python ARGV` in the step's environment, output appended to its log."""
-    os.environ.clear()
-    os.environ.update(env)
-    os.chdir(ROOT)
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    code = 1
-    try:
-        import torch
-
-        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))  # OpenMP read OMP_NUM_THREADS once, in the server
-        sys.argv = list(argv)
-        # as a new interpreter's: the script's folder first, then PYTHONPATH
-        sys.path[:0] = [os.path.dirname(argv[0]), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-        runpy.run_path(argv[0], run_name="__main__")
-        code = 0
-    except SystemExit as e:
-        if e.code is None or isinstance(e.code, int):
-            code = e.code or 0
-        else:
-            print(e.code, file=sys.stderr)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        atexit._run_exitfuncs()  # what interpreter exit runs
-        sys.stdout.flush()
-        sys.stderr.flush()
-        import resource
-
-        cpu = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
-                                                    resource.getrusage(resource.RUSAGE_CHILDREN)))
-        with open(cpu_path, "w") as f:
-            f.write(f"{cpu:.2f}")
+    become(env, ROOT, log_path)
+    sys.argv = list(argv)
+    # as a new interpreter's: the script's folder first, then PYTHONPATH
+    sys.path[:0] = [os.path.dirname(argv[0]), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    code = run_as_main(lambda: runpy.run_path(argv[0], run_name="__main__"))
+    cpu = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                resource.getrusage(resource.RUSAGE_CHILDREN)))
+    with open(cpu_path, "w") as f:
+        f.write(f"{cpu:.2f}")
     os._exit(code)
 
 
@@ -293,7 +245,7 @@ class _ForkedStep:
     def __init__(self, argv: list[str], env: dict[str, str], log_path: Path):
         self.cpu_path = Path(str(log_path) + ".cpu")
         self.cpu_path.unlink(missing_ok=True)
-        self.proc = _step_server(env).Process(target=_step_main, args=(argv, env, str(log_path), str(self.cpu_path)))
+        self.proc = preloaded_server(STEP_PRELOAD, env).Process(target=_step_main, args=(argv, env, str(log_path), str(self.cpu_path)))
         self.proc.start()
         self.returncode: int | None = None
 
