@@ -38,9 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PRELOAD = "tests.zygote_preload"
 TERM_GRACE_S = 30.0  # deepspeed.launcher.launch: SIGTERM, then SIGKILL to ranks alive 30 s later
 # Forked ranks run at a lower priority (nice 5, a third of the CPU share of a default process when both want it):
-# the suite's longest serial chain, the quick study (tests/study), runs its steps as fresh processes of its own
-# and otherwise waits behind the many short forked jobs of the other workers, ending the run alone.
+# the suite's longest serial chain, the quick study (tests/study), starts its driver fresh and its steps from
+# the driver's own step server, and otherwise waits behind the many short forked jobs of the other workers.
 NICE = 5
+
 
 def _sitecustomize(pythonpath: str) -> None:
     """What interpreter start-up does: import `sitecustomize` from the first PYTHONPATH entry that has one."""
