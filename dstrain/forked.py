@@ -19,10 +19,15 @@ import sys
 import traceback
 from typing import Callable
 
+# What dstrain's processes import beyond the standard library (`python -X importtime` of distill, finetune and the
+# study's steps). DeepSpeed's Muon module is imported by ZeRO at its first gradient reduction and pulls in
+# torch._inductor (1.7 CPU-s). Never dstrain itself: each fork imports it fresh.
+PRELOAD = ["torch", "transformers.models.bert.modeling_bert", "deepspeed", "deepspeed.runtime.zero.muon.muon_optimizer",
+           "torch.utils.tensorboard", "webdataset", "tokenizers", "scipy.stats", "sklearn.metrics", "fire"]
 _ctx = None
 
 
-def preloaded_server(preload: list[str], env: dict[str, str]):
+def preloaded_server(env: dict[str, str], preload: list[str] = PRELOAD):
     """The "forkserver" multiprocessing context, its server started on first use in `env` (the libraries read
     some variables once, at import: DS_ACCELERATOR, HF_HUB_OFFLINE, OMP_NUM_THREADS) after importing `preload`."""
     global _ctx
@@ -44,10 +49,12 @@ def preloaded_server(preload: list[str], env: dict[str, str]):
 
 
 def become(env: dict[str, str], cwd: str | os.PathLike, out_path: str, err_path: str | None = None) -> None:
-    """In the fork: this environment and folder, stdout and stderr appended to these files, and the torch
-    threads OMP_NUM_THREADS asks for (OpenMP read the variable once, in the server)."""
+    """In the fork: this environment and folder (its PYTHONPATH first on sys.path, as at interpreter start),
+    stdout and stderr appended to these files, and the torch threads OMP_NUM_THREADS asks for (OpenMP read the
+    variable once, in the server)."""
     os.environ.clear()
     os.environ.update(env)
+    sys.path[:0] = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
     os.chdir(cwd)
     for path, fd in ((out_path, 1), (err_path or out_path, 2)):
         f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

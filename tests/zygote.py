@@ -4,8 +4,8 @@ the same imports a hundred times.
 A `python dstrain/cli.py` process spends about 6 CPU-s importing torch, transformers and DeepSpeed before its
 first step, and the `deepspeed` launcher adds two interpreters of its own (about 3 CPU-s) to every 2-rank
 launch. With about 100 launches on 2 cores that was most of the suite's time. Here a multiprocessing
-forkserver started once per test process imports those libraries (`PRELOAD`, dstrain/forked.py, which the
-study's steps use too); each rank is a fork of it that
+forkserver started once per test process imports those libraries (dstrain/forked.py's `PRELOAD`, the same
+server the study's steps use); each rank is a fork of it that
 takes the environment a launcher gives its ranks (RANK, WORLD_SIZE, MASTER_ADDR, ...), starts the way the
 interpreter would (a `sitecustomize` on PYTHONPATH is imported first: tests/faults/inject), runs
 `dstrain.cli.main(argv)`, then the atexit handlers, and exits with main's exit code.
@@ -33,9 +33,6 @@ import psutil
 from dstrain.forked import become, preloaded_server, run_as_main
 
 ROOT = Path(__file__).resolve().parent.parent
-# What a rank of dstrain imports beyond the standard library, heaviest first (`python -X importtime` of a
-# distill run). Not dstrain: each rank imports it fresh.
-PRELOAD = "tests.zygote_preload"
 TERM_GRACE_S = 30.0  # deepspeed.launcher.launch: SIGTERM, then SIGKILL to ranks alive 30 s later
 # Forked ranks run at a lower priority (nice 5, a third of the CPU share of a default process when both want it):
 # the suite's longest serial chain, the quick study (tests/study), starts its driver fresh and its steps from
@@ -60,9 +57,6 @@ def _rank_main(entry: str, argv: list[str], env: dict[str, str], cwd: str, out_p
     entry(argv) ("module:function", dstrain's CLI main unless a test of this module asks otherwise)."""
     become(env, cwd, out_path, err_path)
     os.nice(NICE)
-    for folder in reversed([p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]):
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
 
     def body():
         _sitecustomize(env.get("PYTHONPATH", ""))
@@ -81,7 +75,7 @@ class ForkedRanks:
                  entry: str = "dstrain.cli:main"):
         from tests.launch import free_port
 
-        ctx = preloaded_server([PRELOAD], env)
+        ctx = preloaded_server(env)
         err_path = err_path or out_path
         for p in {str(out_path), str(err_path)}:
             open(p, "w").close()

@@ -218,19 +218,11 @@ def _start(s: Step, run_dir: Path, env: dict[str, str], log: Callable[[str], Non
     return proc, time.time(), logf
 
 
-# What the steps import beyond the standard library (`python -X importtime` of each step's command), heaviest
-# first. DeepSpeed's Muon module is imported by ZeRO at its first gradient reduction and pulls in torch._inductor.
-STEP_PRELOAD = ["torch", "transformers.models.bert.modeling_bert", "deepspeed",
-                "deepspeed.runtime.zero.muon.muon_optimizer", "torch.utils.tensorboard", "webdataset", "tokenizers",
-                "scipy.stats", "sklearn.metrics", "fire"]
-
-
 def _step_main(argv: list[str], env: dict[str, str], log_path: str, cpu_path: str) -> None:
     """One step, in the forked process: `python ARGV` in the step's environment, output appended to its log."""
     become(env, ROOT, log_path)
     sys.argv = list(argv)
-    # as a new interpreter's: the script's folder first, then PYTHONPATH
-    sys.path[:0] = [os.path.dirname(argv[0]), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    sys.path.insert(0, os.path.dirname(argv[0]))  # as `python SCRIPT` (become() added PYTHONPATH)
     code = run_as_main(lambda: runpy.run_path(argv[0], run_name="__main__"))
     cpu = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
@@ -245,7 +237,7 @@ class _ForkedStep:
     def __init__(self, argv: list[str], env: dict[str, str], log_path: Path):
         self.cpu_path = Path(str(log_path) + ".cpu")
         self.cpu_path.unlink(missing_ok=True)
-        self.proc = preloaded_server(STEP_PRELOAD, env).Process(target=_step_main, args=(argv, env, str(log_path), str(self.cpu_path)))
+        self.proc = preloaded_server(env).Process(target=_step_main, args=(argv, env, str(log_path), str(self.cpu_path)))
         self.proc.start()
         self.returncode: int | None = None
 
